@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from tasks_app import pages
+
+urlpatterns = [
+    path("", pages.dashboard, name="dashboard"),
+    path("admin/", admin.site.urls),
+    path("api/", include("tasks_app.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+]

@@ -1,0 +1,32 @@
+"""Domain errors raised by the services; the API maps them to HTTP answers."""
+
+from __future__ import annotations
+
+
+class JobStateError(Exception):
+    """The job is not in a state that allows the requested change (HTTP 409)."""
+
+    code = "invalid_state"
+
+    def __init__(self, message: str, *, status: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class JobValidationError(Exception):
+    """Input the services refuse, with per-field reasons (HTTP 400).
+
+    `errors` maps a dotted field path ("params.seconds") to a list of reasons.
+    """
+
+    code = "invalid"
+
+    def __init__(self, errors: dict[str, list[str]], message: str = "Invalid input.") -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors
+
+
+class JobCancelled(Exception):
+    """Raised inside job code by `JobContext.raise_if_cancelled()` to stop cooperatively."""

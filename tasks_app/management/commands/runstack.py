@@ -1,0 +1,77 @@
+import os
+import signal
+import sys
+import time
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE, Stack, free_port
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the whole system in the foreground: migrations, an admin login, Redis (started here "
+        "unless REDIS_URL is set), a Celery worker, a maintenance worker, Celery beat and Daphne. "
+        "Ctrl+C stops everything with a warm shutdown; a second Ctrl+C stops at once."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--shutdown-grace", type=float, default=float(os.environ.get("LONGRUN_SHUTDOWN_GRACE", "60")),
+                            help="Seconds a worker may take to finish running jobs on Ctrl+C.")
+
+    def handle(self, *args, host: str, port: int, shutdown_grace: float, **options):
+        call_command("migrate", interactive=False, verbosity=0)
+        self.stdout.write("Longrun is starting.")
+        call_command("ensureadmin", stdout=self.stdout)
+
+        stack = Stack(env=dict(os.environ), cwd=settings.BASE_DIR)
+        stopping = {"asked": 0}
+
+        def on_signal(signum, frame):
+            stopping["asked"] += 1
+            if stopping["asked"] > 1:
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        try:
+            if not os.environ.get("REDIS_URL"):
+                redis_port = free_port()
+                stack.start_redis(redis_port, settings.VAR_DIR / "redis")
+                stack.env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+                self.stdout.write(f"  Redis:       {stack.env['REDIS_URL']} (started here, data in var/redis)")
+            stack.start_worker("worker", queues=[JOB_QUEUE])
+            stack.start_worker("maintenance", queues=[MAINTENANCE_QUEUE], pool="solo")
+            stack.start_beat(settings.VAR_DIR / "celerybeat-schedule")
+            stack.start_daphne(port, host=host)
+            base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+            self.stdout.write(self.style.SUCCESS("Longrun is running. Ctrl+C stops it."))
+            self.stdout.write(f"  Dashboard:   {base}/\n  Admin:       {base}/admin/\n"
+                              f"  API:         {base}/api/jobs/\n  API docs:    {base}/api/docs/")
+            while not stopping["asked"]:
+                for child in stack.children:
+                    if child.process.poll() is not None:
+                        raise CommandError(f"{child.name} exited with code {child.process.returncode}; stopping.")
+                time.sleep(0.5)
+            self.stdout.write("Stopping: warm shutdown (running jobs may finish; Ctrl+C again to stop at once).")
+            self._stop(stack, shutdown_grace)
+        except KeyboardInterrupt:
+            self.stdout.write("Stopping at once.")
+            for child in list(stack.children):
+                stack.kill(child)
+        except BaseException:
+            self._stop(stack, shutdown_grace)
+            raise
+        self.stdout.write("Stopped.")
+        sys.stdout.flush()
+
+    def _stop(self, stack: Stack, grace: float) -> None:
+        by_name = {child.name: child for child in stack.children}
+        for name in ("daphne", "beat", "maintenance", "worker", "redis"):
+            if name in by_name:
+                stack.stop(by_name[name], timeout=grace if name == "worker" else 15)
+        stack.stop_all()

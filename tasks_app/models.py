@@ -1,0 +1,121 @@
+"""Jobs and their history.
+
+Only `tasks_app.services` writes these rows; everything else reads through `tasks_app.selectors`.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class JobStatus(models.TextChoices):
+    SCHEDULED = "scheduled", "Scheduled"
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE_STATUSES = frozenset(set(JobStatus) - TERMINAL_STATUSES)
+
+
+class Job(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    type = models.CharField(max_length=100)
+    params = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    progress_message = models.CharField(max_length=500, blank=True, default="")
+    result = models.JSONField(null=True, blank=True)
+    # {"type": "ValueError", "message": "..."}; the traceback is kept apart, it can be long.
+    error = models.JSONField(null=True, blank=True)
+    traceback = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    # 0-9, higher runs first when workers are busy.
+    priority = models.PositiveSmallIntegerField(default=5)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    metadata = models.JSONField(default=dict, blank=True)
+    run_at = models.DateTimeField(null=True, blank=True)
+    timeout = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds.")
+    callback_url = models.URLField(max_length=2000, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Outbox marker: empty until the Celery message for the current attempt is published.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=255, blank=True, default="")
+    celery_task_id = models.CharField(max_length=255, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # +1 on every change; clients detect missed live updates by a gap, ETags derive from it.
+    version = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="job_owner_created_idx"),
+            models.Index(fields=["status", "-created_at"], name="job_status_created_idx"),
+            models.Index(fields=["-created_at"], name="job_created_idx"),
+            models.Index(fields=["type", "-created_at"], name="job_type_created_idx"),
+            # The sweep's three questions, each answered from a small partial index.
+            models.Index(
+                fields=["created_at"],
+                name="job_undispatched_idx",
+                condition=Q(status="queued", dispatched_at__isnull=True),
+            ),
+            models.Index(fields=["run_at"], name="job_scheduled_idx", condition=Q(status="scheduled")),
+            models.Index(
+                fields=["lease_expires_at"], name="job_running_lease_idx", condition=Q(status="running")
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_lte_100"),
+            models.CheckConstraint(condition=Q(priority__lte=9), name="job_priority_lte_9"),
+            models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="job_status_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {str(self.id)[:8]} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class JobEventKind(models.TextChoices):
+    CREATED = "created", "Created"
+    STATUS = "status", "Status changed"
+    LOG = "log", "Log line"
+    CANCEL_REQUESTED = "cancel_requested", "Cancel requested"
+    RETRY = "retry", "Retry"
+
+
+class JobEvent(models.Model):
+    """One entry of a job's history. `seq` is the job's `version` after the change it records,
+    so events are ordered per job and a client can ask for everything after a version."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=32, choices=JobEventKind.choices)
+    status = models.CharField(max_length=16, choices=JobStatus.choices)
+    message = models.TextField(blank=True, default="")
+    data = models.JSONField(default=dict, blank=True)
+    # Who caused it: a user, or None for the system (workers, the sweep).
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="jobevent_job_seq_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} #{self.seq} {self.kind}"

@@ -1,0 +1,121 @@
+"""The job type registry.
+
+A job type is a function registered under a name with a description and a JSON Schema for its
+parameters. Adding one is a single decorated function::
+
+    @job_type("resize", description="Resize an image", params_schema={...})
+    def resize(ctx: JobContext, *, url: str, width: int) -> dict: ...
+
+The function receives a `JobContext` and the validated params as keyword arguments; its return
+value (JSON) becomes the job's result and an exception becomes its error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+JobFunction = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class JobType:
+    name: str
+    func: JobFunction
+    description: str
+    params_schema: dict[str, Any]
+    # Exceptions that mean "try again later" (network blips...); anything else fails the job.
+    retry_on: tuple[type[BaseException], ...] = ()
+    # Default timeout in seconds when the submitter gives none; None means no limit.
+    default_timeout: int | None = None
+    validator: Draft202012Validator = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+
+
+class UnknownJobType(LookupError):
+    pass
+
+
+_registry: dict[str, JobType] = {}
+
+
+def job_type(
+    name: str,
+    *,
+    description: str,
+    params_schema: dict[str, Any],
+    retry_on: tuple[type[BaseException], ...] = (),
+    default_timeout: int | None = None,
+) -> Callable[[JobFunction], JobFunction]:
+    """Register the decorated function as the job type `name`."""
+    if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+        raise ValueError(f"job type name {name!r}: use letters, digits, '_', '-', '.'")
+    try:
+        Draft202012Validator.check_schema(params_schema)
+    except SchemaError as exc:
+        raise ValueError(f"job type {name!r}: invalid params schema: {exc.message}") from exc
+    if params_schema.get("type") != "object":
+        raise ValueError(f"job type {name!r}: params schema must describe an object")
+
+    def register(func: JobFunction) -> JobFunction:
+        if name in _registry and _registry[name].func is not func:
+            raise ValueError(f"job type {name!r} is already registered")
+        _registry[name] = JobType(
+            name=name,
+            func=func,
+            description=description,
+            params_schema=params_schema,
+            retry_on=tuple(retry_on),
+            default_timeout=default_timeout,
+            validator=Draft202012Validator(params_schema),
+        )
+        return func
+
+    return register
+
+
+def get_job_type(name: str) -> JobType:
+    try:
+        return _registry[name]
+    except KeyError:
+        raise UnknownJobType(name) from None
+
+
+def all_job_types() -> list[JobType]:
+    return sorted(_registry.values(), key=lambda jt: jt.name)
+
+
+def validate_params(jt: JobType, params: Any) -> dict[str, list[str]]:
+    """Check `params` against the type's schema.
+
+    Returns {field path: [reasons]}, empty when valid. The path is dotted ("size.width"), or
+    "" for the object as a whole.
+    """
+    errors: dict[str, list[str]] = {}
+    for error in sorted(jt.validator.iter_errors(params), key=lambda e: list(e.absolute_path)):
+        path = [str(p) for p in error.absolute_path]
+        if error.validator == "required":
+            # jsonschema reports a missing key on the parent; name the key itself.
+            missing = [k for k in error.validator_value if isinstance(params, dict) and k not in params]
+            for key in missing or [""]:
+                errors.setdefault(".".join([*path, key]), []).append("This field is required.")
+            continue
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = set(error.schema.get("properties", {}))
+            for key in sorted(k for k in error.instance if k not in allowed):
+                errors.setdefault(".".join([*path, key]), []).append("Unknown field.")
+            continue
+        errors.setdefault(".".join(path), []).append(error.message)
+    return errors
+
+
+def apply_defaults(jt: JobType, params: dict[str, Any]) -> dict[str, Any]:
+    """Fill in top-level defaults from the schema, so the stored params say what will run."""
+    filled = dict(params)
+    for key, prop in jt.params_schema.get("properties", {}).items():
+        if key not in filled and isinstance(prop, dict) and "default" in prop:
+            filled[key] = prop["default"]
+    return filled

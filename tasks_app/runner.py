@@ -1,0 +1,111 @@
+"""Running one job inside a worker: claim, run the job type's code, record the outcome.
+
+No database transaction is held while the job's code runs; each progress write, log line and
+the final outcome is its own short transaction through the services.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+from typing import Any
+
+from django.conf import settings
+
+from . import registry, selectors, services
+from .exceptions import JobCancelled
+from .models import Job
+
+logger = logging.getLogger(__name__)
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobContext:
+    """What a job's code can do: report progress, write log lines, see a cancel request."""
+
+    # How often `cancel_requested` asks the database at most.
+    CANCEL_CHECK_INTERVAL = 0.5
+
+    def __init__(self, job: Job, *, worker: str) -> None:
+        self.job_id = job.pk
+        self.attempt: int = job.attempts
+        self.params: dict[str, Any] = job.params
+        self.worker = worker
+        self._progress_interval: float = settings.LONGRUN["PROGRESS_INTERVAL"]
+        self._last_progress_write = 0.0
+        self._pending_progress: tuple[int, str] | None = None
+        self._last_cancel_check = 0.0
+        self._cancel_requested = job.cancel_requested_at is not None
+
+    def progress(self, percent: float, message: str = "") -> None:
+        """Report progress (0-100). Writes are throttled; the latest value always lands."""
+        self._pending_progress = (max(0, min(100, int(percent))), message)
+        if time.monotonic() - self._last_progress_write >= self._progress_interval:
+            self.flush_progress()
+
+    def flush_progress(self) -> None:
+        if self._pending_progress is None:
+            return
+        percent, message = self._pending_progress
+        self._pending_progress = None
+        self._last_progress_write = time.monotonic()
+        services.job_progress(self.job_id, worker=self.worker, percent=percent, message=message)
+
+    def log(self, message: str) -> None:
+        """Append a line to the job's history (its events)."""
+        self.flush_progress()
+        services.job_log(self.job_id, worker=self.worker, message=str(message))
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once somebody asked to cancel this job; the code should stop soon after."""
+        now = time.monotonic()
+        if not self._cancel_requested and now - self._last_cancel_check >= self.CANCEL_CHECK_INTERVAL:
+            self._last_cancel_check = now
+            self._cancel_requested = selectors.job_cancel_requested(self.job_id)
+        return self._cancel_requested
+
+    def raise_if_cancelled(self) -> None:
+        """Stop here (cleanly) if a cancel was requested."""
+        if self.cancel_requested:
+            raise JobCancelled()
+
+
+def _error_of(exc: BaseException) -> dict[str, str]:
+    return {"type": type(exc).__name__, "message": str(exc)[:2000]}
+
+
+def execute_job(job_id: str, *, worker: str | None = None, celery_task_id: str = "") -> str:
+    """Claim and run one job. Safe to call twice for the same job: only one claim wins.
+
+    Returns what happened, for logs and tests: "skipped" or the job's final status.
+    """
+    worker = worker or worker_identity()
+    job = services.job_claim(job_id, worker=worker, celery_task_id=celery_task_id)
+    if job is None:
+        logger.info("job %s not claimed (duplicate delivery, cancelled or already running)", job_id)
+        return "skipped"
+
+    context = JobContext(job, worker=worker)
+    try:
+        jt = registry.get_job_type(job.type)
+        result = jt.func(context, **job.params)
+        context.flush_progress()
+        json.dumps(result)  # a result must be JSON; a TypeError here fails the job clearly
+    except JobCancelled:
+        outcome = services.job_acknowledge_cancel(job.pk, worker=worker)
+    except Exception as exc:
+        context._pending_progress = None
+        outcome = services.job_fail(
+            job.pk, worker=worker, error=_error_of(exc), traceback=traceback.format_exc()
+        )
+    else:
+        outcome = services.job_succeed(job.pk, worker=worker, result=result)
+    return outcome.status if outcome is not None else "lost"

@@ -1,0 +1,22 @@
+"""Celery tasks: thin callers that take ids, never objects, and are safe to deliver twice."""
+
+from __future__ import annotations
+
+import os
+
+from celery import shared_task
+
+from . import runner, services
+
+
+@shared_task(name="longrun.run_job", bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_job(self, job_id: str) -> str:
+    """Run one job. A duplicate delivery finds the job claimed already and does nothing."""
+    worker = f"{self.request.hostname}:{os.getpid()}"
+    return runner.execute_job(job_id, worker=worker, celery_task_id=self.request.id or "")
+
+
+@shared_task(name="longrun.sweep", ignore_result=True)
+def sweep() -> dict[str, int]:
+    """Periodic maintenance (Celery beat): re-dispatch jobs whose dispatch was lost."""
+    return {"dispatched": services.jobs_dispatch_pending()}

