@@ -223,8 +223,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "priority_steps": list(range(10)),
     "sep": ":",
     "queue_order_strategy": "priority",
-    # Bounded publishing: the request path must never hang on a dead broker.
+    # Bounded publishing: the request path must never hang on a dead broker (kombu's default
+    # reconnect loop sleeps 2 s); an undelivered dispatch is retried by the sweep instead.
     "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
     "socket_connect_timeout": 1,
     "socket_timeout": 5,
 }

@@ -93,6 +93,7 @@ class Stack:
             redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
             "--save", "", "--maxmemory-policy", "noeviction",
             "--appendonly", "yes" if persistent else "no", "--appendfsync", "everysec",
+            "--logfile", str(data_dir / "redis.log"),
         ]
         child = self.start("redis", argv)
         wait_for_port(port, process=child.process)
@@ -122,10 +123,9 @@ class Stack:
         """Ask the child to stop, wait, then kill its whole session."""
         process = child.process
         if process.poll() is None:
-            try:
-                os.killpg(process.pid, child.stop_signal)
-            except ProcessLookupError:
-                pass
+            # Only the main process: Celery's pool children must not get SIGTERM themselves, or
+            # they die mid-job instead of being allowed to finish (warm shutdown).
+            process.send_signal(child.stop_signal)
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
