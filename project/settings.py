@@ -136,8 +136,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    # A file, not :memory:, so worker processes started by integration tests share it.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_longrun.sqlite3")}
+    # A file, not :memory:, so worker processes started by integration tests share it; one per
+    # test run, so two runs on one checkout don't share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test_longrun_{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"].setdefault("OPTIONS", {})
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -243,8 +244,18 @@ LONGRUN = {
     "DISPATCH_GRACE": env_float("LONGRUN_DISPATCH_GRACE", 10.0),
     # Minimum seconds between two progress writes of one job (the latest value always lands).
     "PROGRESS_INTERVAL": env_float("LONGRUN_PROGRESS_INTERVAL", 0.25),
-    # Default attempts for a new job when the client does not say.
+    # Default attempts for a new job when the client does not say, and the most it may ask for.
     "DEFAULT_MAX_ATTEMPTS": env_int("LONGRUN_DEFAULT_MAX_ATTEMPTS", 3),
+    "MAX_ATTEMPTS_LIMIT": 20,
+    # The longest timeout a job may ask for, seconds; kept below the broker visibility timeout.
+    "MAX_TIMEOUT": min(env_int("LONGRUN_MAX_TIMEOUT", 6 * 3600), CELERY_VISIBILITY_TIMEOUT - 300),
+    # Idempotency keys are kept at least this long, seconds.
+    "IDEMPOTENCY_TTL": env_int("LONGRUN_IDEMPOTENCY_TTL", 24 * 3600),
+    # Most jobs one bulk request may submit or cancel.
+    "BULK_LIMIT": 1000,
+    # DRF throttle rates ("N/second|minute|hour|day"); 429 with Retry-After beyond them.
+    "THROTTLE_USER": os.environ.get("LONGRUN_THROTTLE_USER", "1200/minute"),
+    "THROTTLE_ANON": os.environ.get("LONGRUN_THROTTLE_ANON", "60/minute"),
 }
 
 # --- REST framework ---------------------------------------------------------------------------
@@ -255,7 +266,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["tasks_app.parsers.SafeJSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "tasks_app.api_errors.exception_handler",
@@ -273,6 +284,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "tasks_app.models.JobStatus",
+        "CancellableStatusEnum": ["scheduled", "queued", "running"],
+    },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "tasks_app.schema.job_type_variants",
+    ],
 }
 
 LOGGING = {

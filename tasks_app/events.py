@@ -73,14 +73,19 @@ class GroupPublisher:
 
     def send(self, groups: list[str], message: dict[str, Any]) -> bool:
         """Publish `message` to every group in one round trip. Returns False if it was dropped."""
+        return self.send_many([(groups, message)])
+
+    def send_many(self, batch: list[tuple[list[str], dict[str, Any]]]) -> bool:
+        """Publish several messages, in order, in one round trip."""
         if time.monotonic() < self._down_until:
             return False
         layer = get_channel_layer(self.alias)
-        data = layer.serialize(message)
         try:
             pipe = self._redis().pipeline(transaction=False)
-            for group in groups:
-                pipe.publish(self.channel_name(group), data)
+            for groups, message in batch:
+                data = layer.serialize(message)
+                for group in groups:
+                    pipe.publish(self.channel_name(group), data)
             pipe.execute()
         except redis.RedisError as exc:
             self._down_until = time.monotonic() + self.BACKOFF_SECONDS
@@ -100,6 +105,13 @@ def job_message(job_data: dict[str, Any], event: str) -> dict[str, Any]:
     return {"type": "job.event", "event": event, "version": job["version"], "job": job}
 
 
+def _groups(owner_id: Any, message: dict[str, Any]) -> list[str]:
+    return [job_group(message["job"]["id"]), owner_group(owner_id), STAFF_GROUP]
+
+
 def publish_job_message(owner_id: Any, message: dict[str, Any]) -> bool:
-    job_id = message["job"]["id"]
-    return publisher.send([job_group(job_id), owner_group(owner_id), STAFF_GROUP], message)
+    return publisher.send(_groups(owner_id, message), message)
+
+
+def publish_job_messages(owner_id: Any, messages: list[dict[str, Any]]) -> bool:
+    return publisher.send_many([(_groups(owner_id, message), message) for message in messages])

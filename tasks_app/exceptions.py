@@ -28,5 +28,16 @@ class JobValidationError(Exception):
         self.errors = errors
 
 
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key reused with another body (422), or still in flight (409)."""
+
+    code = "idempotency_conflict"
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
 class JobCancelled(Exception):
     """Raised inside job code by `JobContext.raise_if_cancelled()` to stop cooperatively."""

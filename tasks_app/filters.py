@@ -3,8 +3,32 @@
 from __future__ import annotations
 
 import django_filters
+from django import forms
+from django.db.models import QuerySet
 
 from .models import Job, JobStatus
+from .services import METADATA_KEY_PATTERN
+
+
+class MetadataFilterField(forms.CharField):
+    def clean(self, value):
+        value = super().clean(value)
+        if value in (None, ""):
+            return None
+        key, sep, wanted = value.partition(":")
+        if not sep or not METADATA_KEY_PATTERN.match(key):
+            raise forms.ValidationError("Use key:value, for example customer:acme.")
+        return key, wanted
+
+
+class MetadataFilter(django_filters.Filter):
+    field_class = MetadataFilterField
+
+    def filter(self, qs: QuerySet, value):
+        if not value:
+            return qs
+        key, wanted = value
+        return qs.filter(**{f"metadata__{key}": wanted})
 
 
 class JobFilter(django_filters.FilterSet):
@@ -12,7 +36,11 @@ class JobFilter(django_filters.FilterSet):
         choices=JobStatus.choices, help_text="One or more statuses: ?status=queued&status=running"
     )
     type = django_filters.CharFilter(help_text="A job type name.")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", help_text="ISO 8601.")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", help_text="ISO 8601.")
+    owner = django_filters.CharFilter(field_name="owner__username", help_text="A username (staff only).")
+    metadata = MetadataFilter(help_text="key:value; jobs whose metadata has that key with that value.")
 
     class Meta:
         model = Job
-        fields = ["status", "type"]
+        fields = ["status", "type", "created_after", "created_before", "owner", "metadata"]

@@ -119,3 +119,24 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} #{self.seq} {self.kind}"
+
+
+class IdempotencyKey(models.Model):
+    """A client's `Idempotency-Key` for one job submission, scoped to the user.
+
+    The unique constraint, not a check-then-insert, is what makes 50 concurrent identical
+    requests create one job: every loser's INSERT fails and it replays the winner's job.
+    """
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    # SHA-256 of the canonical request body: the same key with another body is refused (422).
+    fingerprint = models.CharField(max_length=64)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "key"], name="idempotency_owner_key_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.owner_id}:{self.key}"

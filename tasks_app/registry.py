@@ -12,6 +12,7 @@ value (JSON) becomes the job's result and an exception becomes its error.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,20 +96,28 @@ def validate_params(jt: JobType, params: Any) -> dict[str, list[str]]:
     "" for the object as a whole.
     """
     errors: dict[str, list[str]] = {}
+
+    def add(path: list[str], reason: str) -> None:
+        reasons = errors.setdefault(".".join(path), [])
+        if reason not in reasons:
+            reasons.append(reason)
+
     for error in sorted(jt.validator.iter_errors(params), key=lambda e: list(e.absolute_path)):
         path = [str(p) for p in error.absolute_path]
-        if error.validator == "required":
-            # jsonschema reports a missing key on the parent; name the key itself.
-            missing = [k for k in error.validator_value if isinstance(params, dict) and k not in params]
-            for key in missing or [""]:
-                errors.setdefault(".".join([*path, key]), []).append("This field is required.")
+        if error.validator == "required" and isinstance(error.instance, dict):
+            # jsonschema reports a missing key on the object that lacks it; name the key itself.
+            for key in error.validator_value:
+                if key not in error.instance:
+                    add([*path, key], "This field is required.")
             continue
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             allowed = set(error.schema.get("properties", {}))
-            for key in sorted(k for k in error.instance if k not in allowed):
-                errors.setdefault(".".join([*path, key]), []).append("Unknown field.")
+            patterns = list(error.schema.get("patternProperties", {}))
+            for key in sorted(error.instance):
+                if key not in allowed and not any(re.search(p, key) for p in patterns):
+                    add([*path, key], "Unknown field.")
             continue
-        errors.setdefault(".".join(path), []).append(error.message)
+        add(path, error.message)
     return errors
 
 

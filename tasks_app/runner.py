@@ -98,7 +98,11 @@ def execute_job(job_id: str, *, worker: str | None = None, celery_task_id: str =
         jt = registry.get_job_type(job.type)
         result = jt.func(context, **job.params)
         context.flush_progress()
-        json.dumps(result)  # a result must be JSON; a TypeError here fails the job clearly
+        # A result must be strict JSON (PostgreSQL refuses NaN); a TypeError or ValueError here
+        # fails the job with a clear error.
+        if services.has_nul(result):
+            raise ValueError("The job's result contains a NUL character (\\u0000), which cannot be stored.")
+        json.dumps(result, allow_nan=False)
     except JobCancelled:
         outcome = services.job_acknowledge_cancel(job.pk, worker=worker)
     except Exception as exc:

@@ -97,19 +97,122 @@ class JobEventSerializer(serializers.ModelSerializer):
         return event.actor.get_username() if event.actor_id else None
 
 
-class JobCreateSerializer(serializers.Serializer):
-    """The body of `POST /api/jobs/`. Unknown fields are refused rather than ignored."""
+class StrictCharField(serializers.CharField):
+    """A string field that refuses numbers instead of quietly turning them into strings."""
 
-    type = serializers.CharField(max_length=100, help_text="A registered job type (see /api/job-types/).")
-    params = serializers.DictField(required=False, default=dict, help_text="Validated against the type's schema.")
-    priority = serializers.IntegerField(min_value=0, max_value=9, required=False, default=5)
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer field that refuses "5", 5.0 and true: JSON clients send numbers."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class RejectUnknownFieldsMixin:
+    """Unknown fields are refused (400 naming them) rather than silently ignored."""
+
+    def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
+            unknown = sorted(set(data) - set(self.fields))  # type: ignore[attr-defined]
             if unknown:
                 raise serializers.ValidationError({key: ["Unknown field."] for key in unknown})
-        return super().to_internal_value(data)
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
+class JobCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """The body of `POST /api/jobs/`. The params are checked against the type's JSON Schema by
+    the services; the OpenAPI schema shows each type's params."""
+
+    type = StrictCharField(max_length=100, help_text="A registered job type (see /api/job-types/).")
+    params = serializers.DictField(required=False, default=dict, help_text="Validated against the type's schema.")
+    priority = StrictIntegerField(min_value=0, max_value=9, required=False, default=5, help_text="0-9; higher runs first.")
+    run_at = serializers.DateTimeField(
+        required=False, allow_null=True, default=None,
+        help_text="ISO 8601 with a time zone. The job waits in status `scheduled` until then.",
+    )
+    timeout = StrictIntegerField(
+        min_value=1, required=False, allow_null=True, default=None,
+        help_text="Seconds the job may run; the type's default when absent.",
+    )
+    max_attempts = StrictIntegerField(
+        min_value=1, max_value=20, required=False, allow_null=True, default=None,
+        help_text="Attempts before the job fails for good (retryable errors, lost workers).",
+    )
+    callback_url = serializers.URLField(
+        max_length=2000, required=False, allow_blank=True, default="",
+        help_text="http(s) URL told when the job ends (webhooks).",
+    )
+    metadata = serializers.DictField(
+        child=StrictCharField(max_length=500, allow_blank=True), required=False, default=dict,
+        help_text="Up to 50 string keys (40 characters: letters, digits, '_', '-', '.') with string "
+        "values (500 characters), returned as given and searchable with ?metadata=key:value.",
+    )
+
+
+class JobBulkCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    jobs = serializers.ListField(child=JobCreateSerializer(), min_length=1, max_length=1000)
+
+
+class JobBulkCreatedSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    jobs = JobSerializer(many=True)
+
+
+class JobBulkCancelSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """Which jobs to cancel: every given filter must match (at least one is required)."""
+
+    ids = serializers.ListField(child=serializers.UUIDField(), required=False, max_length=1000)
+    status = serializers.ListField(
+        child=serializers.ChoiceField(choices=["scheduled", "queued", "running"]), required=False, max_length=3
+    )
+    type = StrictCharField(max_length=100, required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs:
+            raise serializers.ValidationError("Give at least one of ids, status, type.")
+        return attrs
+
+
+class JobBulkCancelResultSerializer(serializers.Serializer):
+    matched = serializers.IntegerField(help_text="Active jobs that matched the filter.")
+    cancelled = serializers.IntegerField(help_text="Cancelled at once (they had not started).")
+    cancel_requested = serializers.IntegerField(help_text="Running: asked to stop.")
+    already_finished = serializers.IntegerField(help_text="Ended before the cancel reached them.")
+
+
+class StatsMinuteSerializer(serializers.Serializer):
+    minute = serializers.DateTimeField()
+    count = serializers.IntegerField()
+
+
+class StatsSerializer(serializers.Serializer):
+    by_status = serializers.DictField(child=serializers.IntegerField())
+    by_type = serializers.DictField(child=serializers.IntegerField())
+    finished_per_minute = StatsMinuteSerializer(many=True)
+
+
+class ProblemFieldErrorSerializer(serializers.Serializer):
+    field = serializers.CharField(help_text="Dotted path into the body, or a query parameter; empty for the whole request.")
+    message = serializers.CharField()
+    code = serializers.CharField()
+
+
+class ProblemSerializer(serializers.Serializer):
+    """RFC 9457 problem details: the body of every 4xx answer."""
+
+    type = serializers.CharField()
+    title = serializers.CharField()
+    status = serializers.IntegerField()
+    code = serializers.CharField()
+    detail = serializers.CharField()
+    errors = ProblemFieldErrorSerializer(many=True, required=False)
 
 
 class JobTypeSerializer(serializers.Serializer):

@@ -9,22 +9,28 @@ published to the live channels after commit, never before.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from . import events, registry
-from .exceptions import JobStateError, JobValidationError
-from .models import Job, JobEvent, JobEventKind, JobStatus
+from .exceptions import IdempotencyConflict, JobStateError, JobValidationError
+from .models import IdempotencyKey, Job, JobEvent, JobEventKind, JobStatus
 from .serializers import serialize_job
 
 logger = logging.getLogger(__name__)
@@ -34,6 +40,15 @@ MAX_PROGRESS_MESSAGE = 500
 
 def _conf(name: str) -> Any:
     return settings.LONGRUN[name]
+
+
+def storable_text(text: str) -> str:
+    """PostgreSQL text and jsonb cannot hold NUL; show it escaped instead of failing the write."""
+    return text.replace("\x00", "\\x00")
+
+
+def has_nul(value: Any) -> bool:
+    return "\\u0000" in json.dumps(value, cls=DjangoJSONEncoder)
 
 
 # --- internals ------------------------------------------------------------------------------
@@ -81,75 +96,243 @@ def _dispatch_on_commit(job: Job) -> None:
 # --- creation and dispatch ------------------------------------------------------------------
 
 
-def job_validate(*, type: str, params: Any) -> tuple[registry.JobType, dict[str, Any]]:
-    """Check a submission against the registry; return the type and the params with defaults."""
+METADATA_MAX_KEYS = 50
+METADATA_KEY_MAX = 40
+METADATA_VALUE_MAX = 500
+METADATA_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One validated submission, ready to be written."""
+
+    type: str
+    params: dict[str, Any]
+    priority: int
+    max_attempts: int
+    run_at: datetime | None
+    timeout: int | None
+    callback_url: str
+    metadata: dict[str, str]
+
+
+def job_validate(
+    *,
+    type: str,
+    params: Any = None,
+    priority: int = 5,
+    max_attempts: int | None = None,
+    run_at: datetime | None = None,
+    timeout: int | None = None,
+    callback_url: str = "",
+    metadata: Any = None,
+) -> JobSpec:
+    """Check a submission against the registry and the limits; JobValidationError names each
+    field at fault. Returns the submission with the type's defaults filled in."""
+    errors: dict[str, list[str]] = {}
+    jt = None
     try:
         jt = registry.get_job_type(type)
     except registry.UnknownJobType:
         known = ", ".join(t.name for t in registry.all_job_types())
-        raise JobValidationError({"type": [f"Unknown job type {type!r}. Known types: {known}."]}) from None
+        errors["type"] = [f"Unknown job type {type!r}. Known types: {known}."]
+    params = {} if params is None else params
     if not isinstance(params, dict):
-        raise JobValidationError({"params": ["Must be a JSON object."]})
-    errors = registry.validate_params(jt, params)
+        errors["params"] = ["Must be a JSON object."]
+    elif jt is not None:
+        for path, reasons in registry.validate_params(jt, params).items():
+            errors["params." + path if path else "params"] = reasons
+    if not 0 <= priority <= 9:
+        errors["priority"] = ["Must be between 0 and 9."]
+    if max_attempts is not None and not 1 <= max_attempts <= _conf("MAX_ATTEMPTS_LIMIT"):
+        errors["max_attempts"] = [f"Must be between 1 and {_conf('MAX_ATTEMPTS_LIMIT')}."]
+    if timeout is not None and not 1 <= timeout <= _conf("MAX_TIMEOUT"):
+        errors["timeout"] = [f"Must be between 1 and {_conf('MAX_TIMEOUT')} seconds."]
+    if run_at is not None:
+        if timezone.is_naive(run_at):
+            errors["run_at"] = ["Must include a time zone (for example 2030-01-01T12:00:00Z)."]
+        elif run_at > timezone.now() + timedelta(days=366):
+            errors["run_at"] = ["Must be less than a year from now."]
+    if callback_url and urlsplit(callback_url).scheme not in ("http", "https"):
+        errors["callback_url"] = ["Must be an http or https URL."]
+    metadata = {} if metadata is None else metadata
+    errors.update(_metadata_errors(metadata))
+    for name, value in (("params", params), ("metadata", metadata), ("callback_url", callback_url)):
+        if name not in errors and has_nul(value):
+            errors[name] = ["Must not contain NUL (\\u0000) characters."]
     if errors:
-        raise JobValidationError(
-            {("params." + path if path else "params"): reasons for path, reasons in errors.items()}
-        )
-    return jt, registry.apply_defaults(jt, params)
+        raise JobValidationError(errors)
+    assert jt is not None
+    return JobSpec(
+        type=jt.name,
+        params=registry.apply_defaults(jt, params),
+        priority=priority,
+        max_attempts=max_attempts or _conf("DEFAULT_MAX_ATTEMPTS"),
+        run_at=run_at,
+        timeout=timeout if timeout is not None else jt.default_timeout,
+        callback_url=callback_url,
+        metadata=metadata,
+    )
 
 
-def job_create(
-    *,
-    owner: AbstractBaseUser,
-    type: str,
-    params: dict[str, Any] | None = None,
-    priority: int = 5,
-    max_attempts: int | None = None,
-) -> Job:
-    """Validate and persist a new job; it is dispatched to the workers after commit."""
-    jt, params = job_validate(type=type, params=params if params is not None else {})
+def _metadata_errors(metadata: Any) -> dict[str, list[str]]:
+    """Metadata follows Stripe's rules: up to 50 string keys of up to 40 characters, with
+    string values of up to 500 characters."""
+    if not isinstance(metadata, dict):
+        return {"metadata": ["Must be a JSON object."]}
+    errors: dict[str, list[str]] = {}
+    if len(metadata) > METADATA_MAX_KEYS:
+        errors["metadata"] = [f"At most {METADATA_MAX_KEYS} keys."]
+    for key, value in metadata.items():
+        field = f"metadata.{key}"
+        if not (0 < len(key) <= METADATA_KEY_MAX and METADATA_KEY_PATTERN.match(key)):
+            errors[field] = [f"Keys are 1 to {METADATA_KEY_MAX} letters, digits, '_', '-' or '.'."]
+        elif not isinstance(value, str):
+            errors[field] = ["Values must be strings."]
+        elif len(value) > METADATA_VALUE_MAX:
+            errors[field] = [f"At most {METADATA_VALUE_MAX} characters."]
+    return errors
+
+
+def _new_job(spec: JobSpec, owner: AbstractBaseUser) -> Job:
+    scheduled = spec.run_at is not None and spec.run_at > timezone.now()
+    return Job(
+        type=spec.type,
+        params=spec.params,
+        priority=spec.priority,
+        max_attempts=spec.max_attempts,
+        run_at=spec.run_at,
+        timeout=spec.timeout,
+        callback_url=spec.callback_url,
+        metadata=spec.metadata,
+        owner=owner,
+        status=JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED,
+    )
+
+
+def _created_event(job: Job, owner: AbstractBaseUser) -> JobEvent:
+    when = f", scheduled for {job.run_at.isoformat()}" if job.status == JobStatus.SCHEDULED else ""
+    return JobEvent(
+        job=job, seq=job.version, kind=JobEventKind.CREATED, status=job.status,
+        message=f"Submitted by {owner.get_username()}{when}.", actor=owner,
+    )
+
+
+def job_create(*, owner: AbstractBaseUser, **submission: Any) -> Job:
+    """Validate and persist a new job (see `job_validate` for the fields). A queued job is
+    dispatched to the workers after commit; a scheduled one by the sweep when its time comes."""
+    spec = job_validate(**submission)
     with transaction.atomic():
-        job = Job.objects.create(
-            type=jt.name,
-            params=params,
-            priority=priority,
-            max_attempts=max_attempts or _conf("DEFAULT_MAX_ATTEMPTS"),
-            owner=owner,
-            status=JobStatus.QUEUED,
-        )
-        _record(job, JobEventKind.CREATED, f"Submitted by {owner.get_username()}.", actor=owner)
+        job = _new_job(spec, owner)
+        job.save(force_insert=True)
+        _created_event(job, owner).save(force_insert=True)
         _publish_on_commit(job, "created")
-        _dispatch_on_commit(job)
+        if job.status == JobStatus.QUEUED:
+            _dispatch_on_commit(job)
     return job
 
 
+def request_fingerprint(body: Any) -> str:
+    """SHA-256 of the canonical JSON of a request body (key order and spacing do not matter)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def job_create_idempotent(
+    *, owner: AbstractBaseUser, key: str, fingerprint: str, **submission: Any
+) -> tuple[Job, bool]:
+    """`job_create` under an Idempotency-Key. Returns (job, replayed).
+
+    The same key with the same fingerprint returns the job the first request created and
+    creates nothing; with another fingerprint it is an IdempotencyConflict. Concurrent requests
+    race on the unique (owner, key) constraint: one INSERT wins, the others wait for its commit,
+    fail, and replay its job.
+    """
+    existing = IdempotencyKey.objects.filter(owner=owner, key=key).select_related("job").first()
+    if existing is None:
+        try:
+            with transaction.atomic():
+                job = job_create(owner=owner, **submission)
+                IdempotencyKey.objects.create(owner=owner, key=key, fingerprint=fingerprint, job=job)
+            return job, False
+        except IntegrityError:
+            existing = IdempotencyKey.objects.filter(owner=owner, key=key).select_related("job").first()
+            if existing is None:  # the winner rolled back: nothing to replay, let the client retry
+                raise IdempotencyConflict("A request with this Idempotency-Key is in progress; retry.", status=409) from None
+    if existing.fingerprint != fingerprint:
+        raise IdempotencyConflict(
+            "This Idempotency-Key was already used with a different request body.", status=422
+        )
+    return Job.objects.select_related("owner").get(pk=existing.job_id), True
+
+
+def jobs_create_bulk(*, owner: AbstractBaseUser, submissions: list[dict[str, Any]]) -> list[Job]:
+    """Validate every submission first (all or nothing: JobValidationError with fields like
+    "jobs.3.params.n"), then write them with one bulk INSERT and dispatch them after commit
+    over one broker connection."""
+    specs: list[JobSpec] = []
+    errors: dict[str, list[str]] = {}
+    for index, submission in enumerate(submissions):
+        try:
+            specs.append(job_validate(**submission))
+        except JobValidationError as exc:
+            for field, reasons in exc.errors.items():
+                errors[f"jobs.{index}.{field}"] = reasons
+    if errors:
+        raise JobValidationError(errors)
+    with transaction.atomic():
+        jobs = Job.objects.bulk_create([_new_job(spec, owner) for spec in specs])
+        JobEvent.objects.bulk_create([_created_event(job, owner) for job in jobs])
+        for job in jobs:
+            job.owner = owner
+        messages = [events.job_message(serialize_job(job), "created") for job in jobs]
+        transaction.on_commit(partial(events.publish_job_messages, owner.pk, messages))
+        queued = [job.pk for job in jobs if job.status == JobStatus.QUEUED]
+        if queued:
+            transaction.on_commit(partial(jobs_dispatch, queued))
+    return jobs
+
+
 def job_dispatch(job_id: Any) -> bool:
-    """Publish the Celery message for a queued job and mark it dispatched.
+    """Publish the Celery message for one queued job; see `jobs_dispatch`."""
+    return jobs_dispatch([job_id]) == 1
+
+
+def jobs_dispatch(job_ids: list[Any]) -> int:
+    """Publish the Celery messages for queued jobs over one broker connection and mark them
+    dispatched. Returns how many were published.
 
     Called after commit and by the sweep. A broker outage leaves `dispatched_at` empty, so the
     sweep tries again; a crash after publishing but before marking publishes twice, which the
-    conditional claim turns into a no-op. Returns whether the message was published.
+    conditional claim turns into a no-op.
     """
     from .tasks import run_job  # tasks imports services; import here to avoid a cycle
 
-    job = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).only("pk", "priority").first()
-    if job is None:
-        return False
-    try:
-        run_job.apply_async(
-            args=[str(job.pk)],
-            task_id=str(uuid.uuid4()),
-            # kombu's Redis priorities run 0 first; ours run 9 first.
-            priority=9 - job.priority,
-            retry=False,
-        )
-    except Exception as exc:  # kombu raises several unrelated types for a dead broker
-        logger.warning("dispatch of job %s deferred to the sweep, broker unavailable: %s", job_id, exc)
-        return False
-    Job.objects.filter(pk=job_id, status=JobStatus.QUEUED, dispatched_at__isnull=True).update(
-        dispatched_at=timezone.now()
+    position = {str(job_id): index for index, job_id in enumerate(job_ids)}
+    jobs = sorted(
+        Job.objects.filter(pk__in=job_ids, status=JobStatus.QUEUED).values_list("pk", "priority"),
+        key=lambda row: position[str(row[0])],  # publish in the order given (oldest first)
     )
-    return True
+    published: list[Any] = []
+    try:
+        with run_job.app.producer_or_acquire() as producer:
+            for job_id, priority in jobs:
+                run_job.apply_async(
+                    args=[str(job_id)],
+                    task_id=str(uuid.uuid4()),
+                    # kombu's Redis priorities run 0 first; ours run 9 first.
+                    priority=9 - priority,
+                    retry=False,
+                    producer=producer,
+                )
+                published.append(job_id)
+    except Exception as exc:  # kombu raises several unrelated types for a dead broker
+        logger.warning("dispatch of %d job(s) deferred to the sweep, broker unavailable: %s", len(jobs) - len(published), exc)
+    if published:
+        Job.objects.filter(pk__in=published, status=JobStatus.QUEUED, dispatched_at__isnull=True).update(
+            dispatched_at=timezone.now()
+        )
+    return len(published)
 
 
 def jobs_dispatch_pending(*, older_than: float | None = None, limit: int = 500) -> int:
@@ -161,12 +344,45 @@ def jobs_dispatch_pending(*, older_than: float | None = None, limit: int = 500) 
         .order_by("created_at")
         .values_list("pk", flat=True)[:limit]
     )
-    dispatched = 0
-    for job_id in pending:
-        if not job_dispatch(job_id):
-            break  # broker still down: the next sweep tries again
-        dispatched += 1
-    return dispatched
+    return jobs_dispatch(pending) if pending else 0
+
+
+def jobs_promote_scheduled(*, limit: int = 500) -> int:
+    """scheduled -> queued for every job whose `run_at` has come; they are dispatched on commit.
+    Scheduling lives in the database, not in long Celery ETAs that Redis would redeliver."""
+    now = timezone.now()
+    due = list(
+        Job.objects.filter(status=JobStatus.SCHEDULED, run_at__lte=now)
+        .order_by("run_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    promoted = 0
+    for job_id in due:
+        with transaction.atomic():
+            job = _update(job_id, Q(status=JobStatus.SCHEDULED, run_at__lte=now), status=JobStatus.QUEUED)
+            if job is None:
+                continue  # cancelled meanwhile
+            _record(job, JobEventKind.STATUS, "Its scheduled time has come; queued.")
+            _publish_on_commit(job, "status")
+            _dispatch_on_commit(job)
+            promoted += 1
+    return promoted
+
+
+def idempotency_keys_purge() -> int:
+    """Forget idempotency keys older than LONGRUN_IDEMPOTENCY_TTL."""
+    cutoff = timezone.now() - timedelta(seconds=_conf("IDEMPOTENCY_TTL"))
+    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()
+    return deleted
+
+
+def sweep() -> dict[str, int]:
+    """Periodic maintenance, run by Celery beat on the maintenance queue."""
+    return {
+        "promoted": jobs_promote_scheduled(),
+        "dispatched": jobs_dispatch_pending(),
+        "idempotency_keys_purged": idempotency_keys_purge(),
+    }
 
 
 # --- execution (called by workers) ----------------------------------------------------------
@@ -206,7 +422,10 @@ def job_progress(job_id: Any, *, worker: str, percent: int, message: str = "") -
     percent = max(0, min(100, int(percent)))
     with transaction.atomic():
         job = _update(
-            job_id, _running_on(worker), progress=percent, progress_message=message[:MAX_PROGRESS_MESSAGE]
+            job_id,
+            _running_on(worker),
+            progress=percent,
+            progress_message=storable_text(message)[:MAX_PROGRESS_MESSAGE],
         )
         if job is None:
             return False
@@ -220,7 +439,7 @@ def job_log(job_id: Any, *, worker: str, message: str) -> bool:
         job = _update(job_id, _running_on(worker))
         if job is None:
             return False
-        _record(job, JobEventKind.LOG, message)
+        _record(job, JobEventKind.LOG, storable_text(message))
         _publish_on_commit(job, "log")
     return True
 
@@ -261,6 +480,8 @@ def job_succeed(job_id: Any, *, worker: str, result: Any) -> Job | None:
 
 def job_fail(job_id: Any, *, worker: str, error: dict[str, str], traceback: str = "") -> Job | None:
     """running -> failed with the error, unless a cancel was requested first (-> cancelled)."""
+    error = {key: storable_text(str(value)) for key, value in error.items()}
+    traceback = storable_text(traceback)
     with transaction.atomic():
         job = _update(
             job_id,
@@ -352,3 +573,17 @@ def job_retry(job_id: Any, *, actor: AbstractBaseUser | None) -> Job:
     raise JobStateError(
         f"Only failed or cancelled jobs can be retried; this one is {current.status}.", status=current.status
     )
+
+
+def jobs_cancel(job_ids: list[Any], *, actor: AbstractBaseUser | None) -> dict[str, int]:
+    """Cancel each of the given jobs (the caller has scoped them to what `actor` may act on).
+    Each is its own conditional change, so a job that ends meanwhile is counted, not corrupted."""
+    counts = {"cancelled": 0, "cancel_requested": 0, "already_finished": 0}
+    for job_id in job_ids:
+        try:
+            job = job_cancel(job_id, actor=actor)
+        except JobStateError:
+            counts["already_finished"] += 1
+            continue
+        counts["cancelled" if job.status == JobStatus.CANCELLED else "cancel_requested"] += 1
+    return counts

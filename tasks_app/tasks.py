@@ -18,5 +18,5 @@ def run_job(self, job_id: str) -> str:
 
 @shared_task(name="longrun.sweep", ignore_result=True)
 def sweep() -> dict[str, int]:
-    """Periodic maintenance (Celery beat): re-dispatch jobs whose dispatch was lost."""
-    return {"dispatched": services.jobs_dispatch_pending()}
+    """Periodic maintenance (Celery beat): scheduled jobs, lost dispatches, old keys."""
+    return services.sweep()

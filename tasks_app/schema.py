@@ -1,0 +1,52 @@
+"""OpenAPI schema post-processing (drf-spectacular hook).
+
+The submission body depends on the job type: each registered type gets its own request variant
+whose `params` is that type's JSON Schema, joined with `oneOf` and a discriminator on `type`.
+Bodies that refuse unknown fields say so with `additionalProperties: false`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from . import registry
+
+STRICT_COMPONENTS = ("JobCreateRequest", "JobBulkCreateRequest", "JobBulkCancelRequest")
+
+
+def _component_name(type_name: str) -> str:
+    return "".join(part.capitalize() for part in type_name.replace("-", "_").replace(".", "_").split("_"))
+
+
+def job_type_variants(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    schemas = result.get("components", {}).get("schemas", {})
+    for name in STRICT_COMPONENTS:
+        if name in schemas:
+            schemas[name]["additionalProperties"] = False
+    base = schemas.get("JobCreateRequest")
+    if base is None:
+        return result
+    metadata = base["properties"].get("metadata")
+    if metadata is not None:
+        metadata["maxProperties"] = 50
+    variants, mapping = [], {}
+    for jt in registry.all_job_types():
+        stem = _component_name(jt.name)
+        params = copy.deepcopy(jt.params_schema)
+        params.setdefault("description", f"Parameters of the `{jt.name}` job type.")
+        schemas[f"{stem}Params"] = params
+        variant = copy.deepcopy(base)
+        variant["description"] = f"Submit a `{jt.name}` job: {jt.description}"
+        variant["properties"]["type"] = {"type": "string", "enum": [jt.name]}
+        variant["properties"]["params"] = {"$ref": f"#/components/schemas/{stem}Params"}
+        schemas[f"{stem}JobRequest"] = variant
+        ref = f"#/components/schemas/{stem}JobRequest"
+        variants.append({"$ref": ref})
+        mapping[jt.name] = ref
+    schemas["JobCreateRequest"] = {
+        "oneOf": variants,
+        "discriminator": {"propertyName": "type", "mapping": mapping},
+        "description": "A job submission; `params` follows the schema of the chosen `type`.",
+    }
+    return result
