@@ -25,6 +25,12 @@ run: $(VENV)/.runtime-installed
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Django's deployment checklist with production-like settings (CI runs it).
+check-deploy: $(VENV)/.runtime-installed
+	DEBUG=0 SECRET_KEY="$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+	  ALLOWED_HOSTS=jobs.example.com SECURE_SSL_REDIRECT=1 SECURE_HSTS_SECONDS=31536000 SECURE_HSTS_PRELOAD=1 \
+	  $(BIN)/python manage.py check --deploy --fail-level WARNING
+
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/bench_publish.py
 

@@ -284,6 +284,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # 3.1 is JSON Schema 2020-12, like the job types' params schemas (and it has propertyNames).
+    "OAS_VERSION": "3.1.0",
     "ENUM_NAME_OVERRIDES": {
         "JobStatusEnum": "tasks_app.models.JobStatus",
         "CancellableStatusEnum": ["scheduled", "queued", "running"],
@@ -291,6 +293,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "tasks_app.schema.job_type_variants",
+        "tasks_app.schema.problem_media_type",
     ],
 }
 

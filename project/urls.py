@@ -11,3 +11,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]
+
+handler404 = "tasks_app.api_errors.not_found"
+handler500 = "tasks_app.api_errors.server_error"

@@ -16,7 +16,8 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
@@ -54,7 +55,7 @@ def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
             sub = f"{prefix}.{index}" if isinstance(value, (dict, list)) else prefix
             items.extend(_flatten(value, sub))
         return items
-    return [{"field": prefix, "message": str(detail), "code": getattr(detail, "code", "invalid")}]
+    return [{"field": prefix, "message": str(detail), "code": getattr(detail, "code", None) or "invalid"}]
 
 
 def problem(status_code: int, *, code: str, detail: str, errors: list[dict[str, str]] | None = None) -> dict[str, Any]:
@@ -100,3 +101,19 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     response.data = body
     response.content_type = PROBLEM_CONTENT_TYPE
     return response
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 404 handler: problem details under /api/ (for URLs no route matches), the
+    usual page elsewhere."""
+    if request.path.startswith("/api/"):
+        body = problem(404, code="not_found", detail="No such resource.")
+        return JsonResponse(body, status=404, content_type=PROBLEM_CONTENT_TYPE)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        body = problem(500, code="server_error", detail="Something went wrong on our side; it has been logged.")
+        return JsonResponse(body, status=500, content_type=PROBLEM_CONTENT_TYPE)
+    return defaults.server_error(request)

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import django_filters
+import django_filters.fields
 from django import forms
-from django.db.models import QuerySet
+from django.db.models import QuerySet, TextField
+from django.db.models.functions import Cast
+from django.db.models.fields.json import KeyTextTransform
 
 from .models import Job, JobStatus
 from .services import METADATA_KEY_PATTERN
+
+
+class PresentIsoDateTimeField(django_filters.fields.IsoDateTimeField):
+    """Absent means no filter; present but empty is a mistake worth a 400."""
+
+    def clean(self, value):
+        if value == "":
+            raise forms.ValidationError("Give an ISO 8601 date and time, or leave the parameter out.")
+        return super().clean(value)
+
+
+class IsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = PresentIsoDateTimeField
 
 
 class MetadataFilterField(forms.CharField):
@@ -28,7 +44,10 @@ class MetadataFilter(django_filters.Filter):
         if not value:
             return qs
         key, wanted = value
-        return qs.filter(**{f"metadata__{key}": wanted})
+        # KeyTextTransform takes the key literally ("a__b" is one key, not a path); the Cast makes
+        # the comparison a plain text one.
+        value = Cast(KeyTextTransform(key, "metadata"), output_field=TextField())
+        return qs.annotate(_metadata_value=value).filter(_metadata_value=wanted)
 
 
 class JobFilter(django_filters.FilterSet):
@@ -36,8 +55,8 @@ class JobFilter(django_filters.FilterSet):
         choices=JobStatus.choices, help_text="One or more statuses: ?status=queued&status=running"
     )
     type = django_filters.CharFilter(help_text="A job type name.")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", help_text="ISO 8601.")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", help_text="ISO 8601.")
+    created_after = IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", help_text="ISO 8601.")
+    created_before = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", help_text="ISO 8601.")
     owner = django_filters.CharFilter(field_name="owner__username", help_text="A username (staff only).")
     metadata = MetadataFilter(help_text="key:value; jobs whose metadata has that key with that value.")
 

@@ -33,11 +33,10 @@ from django.contrib.sessions.middleware import SessionMiddleware
 from django.core.handlers.asgi import ASGIRequest
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
-from django.utils.http import parse_etags
 
 from .events import job_group
 from .models import Job
-from .views import MAX_WAIT_SECONDS, UUID_PATTERN, JobViewSet
+from .views import MAX_WAIT_SECONDS, UUID_PATTERN, JobViewSet, etag_matches
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ def _version_waited_on(response: HttpResponse, request: HttpRequest) -> int | No
     if not etag:
         return None
     if response.status_code == 200 and request.headers.get("If-None-Match"):
-        if etag not in parse_etags(request.headers["If-None-Match"]):
+        if not etag_matches(etag, request.headers["If-None-Match"]):
             return None
     try:
         return int(etag.strip('W/"'))

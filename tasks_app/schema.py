@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 from . import registry
+from .services import METADATA_KEY_MAX, METADATA_KEY_PATTERN, METADATA_MAX_KEYS
 
 STRICT_COMPONENTS = ("JobCreateRequest", "JobBulkCreateRequest", "JobBulkCancelRequest")
 
@@ -19,17 +20,32 @@ def _component_name(type_name: str) -> str:
     return "".join(part.capitalize() for part in type_name.replace("-", "_").replace(".", "_").split("_"))
 
 
+def problem_media_type(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """Error answers are `application/problem+json` (RFC 9457), not plain JSON."""
+    for path in result.get("paths", {}).values():
+        for operation in path.values():
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                body = content.get("application/json", {}).get("schema", {})
+                if body.get("$ref", "").endswith("/Problem"):
+                    content["application/problem+json"] = content.pop("application/json")
+    return result
+
+
 def job_type_variants(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     schemas = result.get("components", {}).get("schemas", {})
     for name in STRICT_COMPONENTS:
         if name in schemas:
             schemas[name]["additionalProperties"] = False
+    if "JobBulkCancelRequest" in schemas:
+        schemas["JobBulkCancelRequest"]["minProperties"] = 1  # a filter is required
     base = schemas.get("JobCreateRequest")
     if base is None:
         return result
     metadata = base["properties"].get("metadata")
     if metadata is not None:
-        metadata["maxProperties"] = 50
+        metadata["maxProperties"] = METADATA_MAX_KEYS
+        metadata["propertyNames"] = {"pattern": METADATA_KEY_PATTERN.pattern, "maxLength": METADATA_KEY_MAX}
     variants, mapping = [], {}
     for jt in registry.all_job_types():
         stem = _component_name(jt.name)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -32,9 +34,10 @@ class JobSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.get_username", read_only=True)
     error = JobErrorSerializer(allow_null=True, read_only=True)
     links = serializers.SerializerMethodField()
-    result = serializers.JSONField(allow_null=True, read_only=True)
+    result = serializers.JSONField(read_only=True, help_text="What the job returned (any JSON); null until it succeeds.")
     params = serializers.JSONField(read_only=True)
-    metadata = serializers.JSONField(read_only=True)
+    metadata = serializers.DictField(child=serializers.CharField(), read_only=True)
+    callback_url = serializers.CharField(read_only=True, help_text="Empty when none was given.")
 
     class Meta:
         model = Job
@@ -115,6 +118,26 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class StrictUUIDField(serializers.UUIDField):
+    """A UUID given as a string; DRF's own field also takes integers (and so `false`)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """A date-time that must say its time zone; DRF would quietly read a naive one as UTC."""
+
+    default_error_messages = {"naive": "Must include a time zone (for example 2030-01-01T12:00:00Z)."}
+
+    def enforce_timezone(self, value):
+        if timezone.is_naive(value):
+            self.fail("naive")
+        return super().enforce_timezone(value)
+
+
 class RejectUnknownFieldsMixin:
     """Unknown fields are refused (400 naming them) rather than silently ignored."""
 
@@ -133,12 +156,12 @@ class JobCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     type = StrictCharField(max_length=100, help_text="A registered job type (see /api/job-types/).")
     params = serializers.DictField(required=False, default=dict, help_text="Validated against the type's schema.")
     priority = StrictIntegerField(min_value=0, max_value=9, required=False, default=5, help_text="0-9; higher runs first.")
-    run_at = serializers.DateTimeField(
+    run_at = AwareDateTimeField(
         required=False, allow_null=True, default=None,
         help_text="ISO 8601 with a time zone. The job waits in status `scheduled` until then.",
     )
     timeout = StrictIntegerField(
-        min_value=1, required=False, allow_null=True, default=None,
+        min_value=1, max_value=settings.LONGRUN["MAX_TIMEOUT"], required=False, allow_null=True, default=None,
         help_text="Seconds the job may run; the type's default when absent.",
     )
     max_attempts = StrictIntegerField(
@@ -168,7 +191,7 @@ class JobBulkCreatedSerializer(serializers.Serializer):
 class JobBulkCancelSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     """Which jobs to cancel: every given filter must match (at least one is required)."""
 
-    ids = serializers.ListField(child=serializers.UUIDField(), required=False, max_length=1000)
+    ids = serializers.ListField(child=StrictUUIDField(), required=False, max_length=1000)
     status = serializers.ListField(
         child=serializers.ChoiceField(choices=["scheduled", "queued", "running"]), required=False, max_length=3
     )

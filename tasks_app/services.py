@@ -99,7 +99,8 @@ def _dispatch_on_commit(job: Job) -> None:
 METADATA_MAX_KEYS = 50
 METADATA_KEY_MAX = 40
 METADATA_VALUE_MAX = 500
-METADATA_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# Keys start with a letter or "_": an all-digit key would read as an array index in JSON paths.
+METADATA_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
 
 @dataclass(frozen=True)
@@ -148,11 +149,8 @@ def job_validate(
         errors["max_attempts"] = [f"Must be between 1 and {_conf('MAX_ATTEMPTS_LIMIT')}."]
     if timeout is not None and not 1 <= timeout <= _conf("MAX_TIMEOUT"):
         errors["timeout"] = [f"Must be between 1 and {_conf('MAX_TIMEOUT')} seconds."]
-    if run_at is not None:
-        if timezone.is_naive(run_at):
-            errors["run_at"] = ["Must include a time zone (for example 2030-01-01T12:00:00Z)."]
-        elif run_at > timezone.now() + timedelta(days=366):
-            errors["run_at"] = ["Must be less than a year from now."]
+    if run_at is not None and timezone.is_naive(run_at):
+        errors["run_at"] = ["Must include a time zone (for example 2030-01-01T12:00:00Z)."]
     if callback_url and urlsplit(callback_url).scheme not in ("http", "https"):
         errors["callback_url"] = ["Must be an http or https URL."]
     metadata = {} if metadata is None else metadata
@@ -186,7 +184,9 @@ def _metadata_errors(metadata: Any) -> dict[str, list[str]]:
     for key, value in metadata.items():
         field = f"metadata.{key}"
         if not (0 < len(key) <= METADATA_KEY_MAX and METADATA_KEY_PATTERN.match(key)):
-            errors[field] = [f"Keys are 1 to {METADATA_KEY_MAX} letters, digits, '_', '-' or '.'."]
+            errors[field] = [
+                f"Keys are 1 to {METADATA_KEY_MAX} letters, digits, '_', '-' or '.', starting with a letter or '_'."
+            ]
         elif not isinstance(value, str):
             errors[field] = ["Values must be strings."]
         elif len(value) > METADATA_VALUE_MAX:

@@ -10,10 +10,11 @@ from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import parse_etags
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import AuthenticationFailed, NotFound, PermissionDenied
 from rest_framework.filters import OrderingFilter
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
@@ -66,6 +67,29 @@ class JobCursorPagination(CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    def get_page_size(self, request: Request) -> int:
+        # DRF silently ignores a bad page_size; a client deserves to know.
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        try:
+            return serializers.IntegerField(min_value=1, max_value=self.max_page_size).run_validation(raw)
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError({self.page_size_query_param: exc.detail}) from None
+
+    def decode_cursor(self, request: Request):
+        try:
+            return super().decode_cursor(request)
+        except NotFound:
+            raise serializers.ValidationError({self.cursor_query_param: ["Invalid cursor."]}) from None
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": self.max_page_size}
+        return parameters
 
 
 class JobOrderingFilter(OrderingFilter):
@@ -120,8 +144,35 @@ def job_etag(job: Job) -> str:
     return f'"{job.version}"'
 
 
-class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+def etag_matches(etag: str, if_none_match: str) -> bool:
+    """If-None-Match uses weak comparison (RFC 9110 13.1.2): W/"3" matches "3"."""
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.removeprefix("W/") == etag for tag in parse_etags(if_none_match))
+
+
+class ThrottleBeforePermissionsMixin:
+    """DRF checks permissions before throttles, so anonymous callers (answered 401) and callers
+    guessing tokens would never be rate limited. Here throttles come right after authentication,
+    and a failed authentication counts as an anonymous request."""
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        self.format_kwarg = self.get_format_suffix(**kwargs)
+        request.accepted_renderer, request.accepted_media_type = self.perform_content_negotiation(request)
+        request.version, request.versioning_scheme = self.determine_version(request, *args, **kwargs)
+        try:
+            self.perform_authentication(request)
+        except AuthenticationFailed:
+            self.check_throttles(request)
+            raise
+        self.check_throttles(request)
+        self.check_permissions(request)
+
+
+class JobViewSet(ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = JobSerializer
+    # The cursor paginator takes its ordering from the first backend that has get_ordering.
+    filter_backends = [DjangoFilterBackend, JobOrderingFilter]
     filterset_class = JobFilter
     pagination_class = JobCursorPagination
     lookup_value_regex = UUID_PATTERN
@@ -134,10 +185,8 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         return get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
 
     def filter_queryset(self, queryset):
-        if "owner" in self.request.query_params and not self.request.user.is_staff:
+        if self.request.query_params.get("owner") and not self.request.user.is_staff:
             raise PermissionDenied("Only staff can filter by owner.")
-        if self.action == "list":
-            queryset = JobOrderingFilter().filter_queryset(self.request, queryset, self)
         return super().filter_queryset(queryset)
 
     @extend_schema(
@@ -180,7 +229,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
         if_none_match = request.headers.get("If-None-Match")
-        if if_none_match and (etag in parse_etags(if_none_match) or if_none_match.strip() == "*"):
+        if if_none_match and etag_matches(etag, if_none_match):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers=headers)
         return Response(JobSerializer(job).data, headers=headers)
 
@@ -188,7 +237,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         request=JobCreateSerializer,
         parameters=[
             OpenApiParameter(
-                "Idempotency-Key", str, OpenApiParameter.HEADER,
+                "Idempotency-Key", {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN.pattern}, OpenApiParameter.HEADER,
                 description="Up to 255 printable ASCII characters, unique per request you mean once. "
                 "Repeating the request with the same key and body returns the original job (with "
                 "`Idempotent-Replayed: true`) and creates nothing; the same key with another body is 422. "
@@ -301,7 +350,7 @@ class UnprocessableIdempotencyKey(Conflict):
     default_code = "idempotency_key_reused"
 
 
-class JobTypeListView(APIView):
+class JobTypeListView(ThrottleBeforePermissionsMixin, APIView):
     throttle_classes = [UserThrottle, AnonThrottle]
 
     @extend_schema(responses={200: JobTypeSerializer(many=True), **problems(401, 429)})
@@ -314,7 +363,7 @@ class JobTypeListView(APIView):
         return Response(JobTypeSerializer(types, many=True).data)
 
 
-class StatsView(APIView):
+class StatsView(ThrottleBeforePermissionsMixin, APIView):
     throttle_classes = [UserThrottle, AnonThrottle]
 
     @extend_schema(responses={200: StatsSerializer, **problems(401, 429)})

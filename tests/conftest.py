@@ -31,6 +31,16 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: f
         time.sleep(interval)
 
 
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """Throttle counters live in the cache; no test inherits another's."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def user(django_user_model):
     return django_user_model.objects.create_user("alice", password="alice-password-123")

@@ -59,22 +59,3 @@ def test_the_same_message_delivered_twice_at_once_runs_the_job_once(user, shared
     assert running_events.count() == 1
     wait_for(lambda: "not claimed" in shared_worker.log_tail("shared", 20000), timeout=10, what="the duplicate to be skipped")
 
-
-def test_higher_priority_runs_first_when_the_worker_is_busy(api, stack):
-    """One worker process, busy with a first job; then low-priority jobs and one high-priority
-    job queue up. The high-priority job must start before every low-priority one."""
-    stack.start_ready_worker("single", concurrency=1)
-    blocker = api.post("/api/jobs/", {"type": "sleep", "params": {"seconds": 1.5, "steps": 3}}, format="json")
-    wait_for(lambda: Job.objects.get(pk=blocker.data["id"]).status == JobStatus.RUNNING, what="the blocker to run")
-    low = [
-        api.post("/api/jobs/", {"type": "sleep", "params": {"seconds": 0}, "priority": 0}, format="json").data["id"]
-        for _ in range(3)
-    ]
-    high = api.post("/api/jobs/", {"type": "sleep", "params": {"seconds": 0}, "priority": 9}, format="json").data["id"]
-    wait_for(
-        lambda: Job.objects.filter(pk__in=[*low, high], status=JobStatus.SUCCEEDED).count() == 4,
-        timeout=60,
-        what="all jobs to finish",
-    )
-    started = {str(j.pk): j.started_at for j in Job.objects.filter(pk__in=[*low, high])}
-    assert all(started[high] < started[job_id] for job_id in low), started

@@ -66,3 +66,35 @@ def test_job_submitted_while_the_broker_is_down_runs_once_it_is_back(system, use
     assert job.status == JobStatus.SUCCEEDED, stack.log_tail("worker")
     assert job.attempts == 1
     assert job.dispatched_at is not None
+
+
+def test_higher_priority_runs_first_when_the_worker_is_busy(stack, tmp_path, free_tcp_port, user):
+    """One worker process, busy with a first job; then low-priority jobs and one high-priority
+    job queue up. The high-priority job must start before every low-priority one. (A Redis of
+    its own, so no other worker of the test session takes these jobs.)"""
+    from tasks_app.stack import free_port
+
+    redis_port = free_port()
+    stack.start_redis(redis_port, tmp_path / "redis", persistent=False)
+    stack.env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    stack.start_ready_worker("single", queues=[JOB_QUEUE], concurrency=1)
+    stack.start_daphne(free_tcp_port)
+    base = f"http://127.0.0.1:{free_tcp_port}"
+    headers = {"Authorization": f"Token {Token.objects.create(user=user).key}"}
+
+    def submit(body):
+        response = requests.post(f"{base}/api/jobs/", json=body, headers=headers, timeout=10)
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    blocker = submit({"type": "sleep", "params": {"seconds": 1.5, "steps": 3}})
+    wait_for(lambda: Job.objects.get(pk=blocker).status == JobStatus.RUNNING, what="the blocker to run")
+    low = [submit({"type": "sleep", "params": {"seconds": 0}, "priority": 0}) for _ in range(3)]
+    high = submit({"type": "sleep", "params": {"seconds": 0}, "priority": 9})
+    wait_for(
+        lambda: Job.objects.filter(pk__in=[*low, high], status=JobStatus.SUCCEEDED).count() == 4,
+        timeout=60,
+        what="all jobs to finish",
+    )
+    started = {str(j.pk): j.started_at for j in Job.objects.filter(pk__in=[*low, high])}
+    assert all(started[high] < started[job_id] for job_id in low), started

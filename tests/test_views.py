@@ -474,9 +474,11 @@ def test_list_without_page_size_returns_everything_newest_first(api, user):
     assert body["next"] is None and body["previous"] is None
 
 
-def test_list_with_a_forged_cursor_is_404_not_500(api, user):
+def test_list_with_a_forged_cursor_is_400_not_500(api, user):
     make_job(user)
-    assert_problem(api.get("/api/jobs/", {"cursor": "garbage"}), 404, "not_found")
+    response = api.get("/api/jobs/", {"cursor": "garbage"})
+    assert_problem(response, 400, "invalid")
+    assert [e["field"] for e in response.json()["errors"]] == ["cursor"]
 
 
 def test_list_filters_by_several_statuses_and_by_type(api, user):

@@ -17,7 +17,12 @@ class Command(BaseCommand):
         admin = User.objects.filter(is_superuser=True).order_by("pk").first()
         if admin is None:
             password = get_random_string(20)
-            admin = User.objects.create_superuser("admin", "admin@localhost", password)
+            # "admin" may be an ordinary user already: never promote someone silently.
+            username = next(
+                name for name in ("admin", *(f"admin{n}" for n in range(2, 100)))
+                if not User.objects.filter(username=name).exists()
+            )
+            admin = User.objects.create_superuser(username, f"{username}@localhost", password)
             password_file.write_text(password)
             password_file.chmod(0o600)
         known = password_file.read_text().strip() if password_file.exists() else None

@@ -1,0 +1,198 @@
+"""Management commands: `createtoken` (print, reuse, rotate a user's API token) and `ensureadmin`
+(create the first superuser, keep its password under VAR_DIR, print the login and a token)."""
+
+from __future__ import annotations
+
+import io
+import re
+import stat
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import IntegrityError
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+pytestmark = pytest.mark.django_db
+
+TOKEN = re.compile(r"^[0-9a-f]{40}$")
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """create_superuser and the users of conftest.py hash passwords; keep it cheap."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def var_dir(settings, tmp_path):
+    """ensureadmin writes its password file under settings.VAR_DIR: keep it out of the checkout."""
+    settings.VAR_DIR = tmp_path
+    return tmp_path
+
+
+def run(*args: str) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+def api_status(key: str, url: str = "/api/jobs/") -> int:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return client.get(url).status_code
+
+
+# --- createtoken ----------------------------------------------------------------------------
+
+
+def test_createtoken_prints_a_token_that_authenticates(user):
+    output = run("createtoken", "alice")
+    key = output.strip()
+    assert TOKEN.match(key), output
+    assert output == key + "\n"  # just the token: easy to capture in a script
+    assert Token.objects.get(user=user).key == key
+    assert api_status(key) == 200
+    assert api_status(key, "/api/stats/") == 200
+
+
+def test_createtoken_again_prints_the_same_token(user):
+    first = run("createtoken", "alice").strip()
+    second = run("createtoken", "alice").strip()
+    assert first == second
+    assert Token.objects.filter(user=user).count() == 1
+    assert api_status(second) == 200
+
+
+def test_createtoken_prints_an_existing_token(user):
+    existing = Token.objects.create(user=user)
+    assert run("createtoken", "alice").strip() == existing.key
+
+
+def test_createtoken_rotate_replaces_the_token(user):
+    old = run("createtoken", "alice").strip()
+    new = run("createtoken", "alice", "--rotate").strip()
+    assert TOKEN.match(new)
+    assert new != old
+    assert Token.objects.filter(user=user).count() == 1
+    assert api_status(new) == 200
+    assert api_status(old) == 401  # the old token stops working at once
+    # And the rotated one is what later calls print.
+    assert run("createtoken", "alice").strip() == new
+
+
+def test_createtoken_rotate_without_a_token_creates_one(user):
+    key = run("createtoken", "alice", "--rotate").strip()
+    assert TOKEN.match(key)
+    assert api_status(key) == 200
+
+
+def test_createtoken_tokens_are_per_user(user, other_user):
+    alice = run("createtoken", "alice").strip()
+    bob = run("createtoken", "bob").strip()
+    assert alice != bob
+    run("createtoken", "bob", "--rotate")
+    assert api_status(alice) == 200  # rotating bob's token leaves alice's alone
+
+
+def test_createtoken_for_an_unknown_user_is_a_command_error(user):
+    with pytest.raises(CommandError, match="nobody"):
+        run("createtoken", "nobody")
+    assert Token.objects.count() == 0
+
+
+def test_createtoken_needs_a_username():
+    with pytest.raises(CommandError):
+        run("createtoken")
+
+
+# --- ensureadmin ----------------------------------------------------------------------------
+
+
+def _parse_ensureadmin(output: str) -> tuple[str, str, str]:
+    login = re.search(r"admin login:\s*(\S+)\s*/\s*(.+?)\s*$", output, re.MULTILINE)
+    token = re.search(r"API token:\s*([0-9a-f]{40})\s*$", output, re.MULTILINE)
+    assert login and token, output
+    return login.group(1), login.group(2), token.group(1)
+
+
+def test_ensureadmin_creates_an_admin_superuser_and_keeps_its_password(var_dir, client):
+    User = get_user_model()
+    assert not User.objects.filter(is_superuser=True).exists()
+    output = run("ensureadmin")
+    username, password, key = _parse_ensureadmin(output)
+
+    admin = User.objects.get(is_superuser=True)
+    assert username == admin.get_username() == "admin"
+    assert admin.is_staff and admin.is_active
+    assert len(password) >= 12
+    assert admin.check_password(password)
+
+    password_file = var_dir / "admin-password"
+    assert password_file.read_text().strip() == password
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+
+    # The token works against the API, and the password logs in.
+    assert Token.objects.get(user=admin).key == key
+    assert api_status(key) == 200
+    assert client.login(username="admin", password=password)
+
+
+def test_ensureadmin_twice_creates_no_second_user(var_dir):
+    User = get_user_model()
+    first = _parse_ensureadmin(run("ensureadmin"))
+    users = User.objects.count()
+    second = _parse_ensureadmin(run("ensureadmin"))
+    assert User.objects.count() == users == 1
+    assert User.objects.filter(is_superuser=True).count() == 1
+    assert second == first  # same login, same password (from the file), same token
+    assert (var_dir / "admin-password").read_text().strip() == first[1]
+
+
+def test_ensureadmin_leaves_an_existing_superuser_alone(var_dir, django_user_model):
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "root-password-123")
+    output = run("ensureadmin")
+    username, password, key = _parse_ensureadmin(output)
+    assert username == "root"
+    assert "root-password-123" not in output
+    # No password is known: it says so rather than inventing (or generating) one.
+    assert not re.fullmatch(r"[A-Za-z0-9]{20}", password), password
+    assert not django_user_model.objects.filter(username="admin").exists()
+    assert django_user_model.objects.count() == 1
+    assert not (var_dir / "admin-password").exists()
+    assert Token.objects.get(user=root).key == key
+    assert api_status(key) == 200
+
+
+def test_ensureadmin_reuses_the_token_createtoken_made(var_dir):
+    _, _, key = _parse_ensureadmin(run("ensureadmin"))
+    assert run("createtoken", "admin").strip() == key
+    rotated = run("createtoken", "admin", "--rotate").strip()
+    assert _parse_ensureadmin(run("ensureadmin"))[2] == rotated
+
+
+def test_ensureadmin_with_a_plain_user_named_admin_does_not_crash(var_dir, django_user_model):
+    """A non-superuser called "admin" (made by hand, say) must not turn the command, which
+    `runstack` runs at every start, into an IntegrityError traceback."""
+    django_user_model.objects.create_user("admin", password="plain-password-123")
+    try:
+        output = run("ensureadmin")
+    except CommandError:
+        return  # refusing with a clear message is fine
+    except IntegrityError as exc:
+        pytest.fail(f"ensureadmin crashed: IntegrityError: {exc}")
+    username, password, key = _parse_ensureadmin(output)
+    superuser = django_user_model.objects.get(is_superuser=True)
+    assert superuser.get_username() == username
+    assert superuser.check_password(password)
+    assert api_status(key) == 200
+    # The ordinary "admin" was neither promoted nor given a new password.
+    plain = django_user_model.objects.get(username="admin")
+    assert plain.pk != superuser.pk
+    assert not plain.is_superuser and not plain.is_staff
+    assert plain.check_password("plain-password-123")
+    # And a second run still finds the superuser it made.
+    assert _parse_ensureadmin(run("ensureadmin"))[0] == username
+    assert django_user_model.objects.filter(is_superuser=True).count() == 1
