@@ -9,17 +9,17 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 # Django must be set up before anything imports models (the consumers do).
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from tasks_app.live import LiveHttpApp  # noqa: E402
 from tasks_app.routing import websocket_urlpatterns  # noqa: E402
+from tasks_app.ws_auth import WebSocketAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # Requests that wait for job changes are answered outside Django's per-request thread.
         "http": LiveHttpApp(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # Token (non-browser) or session cookie with a checked Origin (browser): see ws_auth.
+        "websocket": WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -98,10 +98,21 @@ class GroupPublisher:
 publisher = GroupPublisher()
 
 
+def plain(data: Any) -> Any:
+    """A JSON round trip: ReturnDicts, UUIDs and datetimes become plain (msgpack-able) values."""
+    return json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+
+
+def plain_job(job: Any) -> dict[str, Any]:
+    """The REST representation of a job as plain JSON values."""
+    from .serializers import serialize_job  # serializers import models; keep this module light
+
+    return plain(serialize_job(job))
+
+
 def job_message(job_data: dict[str, Any], event: str) -> dict[str, Any]:
     """The one message shape every live channel carries: the REST representation plus the kind."""
-    # A JSON round trip turns ReturnDicts, UUIDs and datetimes into plain msgpack-able values.
-    job = json.loads(json.dumps(job_data, cls=DjangoJSONEncoder))
+    job = plain(job_data)
     return {"type": "job.event", "event": event, "version": job["version"], "job": job}
 
 

@@ -1,5 +1,7 @@
-"""WebSocket routes. The live-updates consumer (`/ws/jobs/`) is added by the live issue."""
+"""WebSocket routes."""
 
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-websocket_urlpatterns: list = []
+from .consumers import JobsConsumer
+
+websocket_urlpatterns = [path("ws/jobs/", JobsConsumer.as_asgi())]
