@@ -39,6 +39,15 @@ def _recent_jobs(user: Any, *, mine: bool) -> list[dict]:
     return [plain_job(job) for job in jobs.order_by("-created_at")[:SNAPSHOT_LIMIT]]
 
 
+def client_message(message: dict) -> dict:
+    """What a client gets for a change: the kind, the version, the job, and the history entry
+    the change recorded (status changes, log lines), if any."""
+    out = {"type": "job", "event": message["event"], "version": message["version"], "job": message["job"]}
+    if "entry" in message:
+        out["entry"] = message["entry"]
+    return out
+
+
 class JobsConsumer(AsyncJsonWebsocketConsumer):
     # A client is sent at most MAX_MESSAGES_PER_SECOND (bursts of BURST pass at once). Beyond
     # that, what waits is the latest state of each job, not every step, and at most MAX_PENDING
@@ -141,9 +150,7 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
                     continue
                 tokens -= 1
                 _, message = self.pending.popitem(last=False)
-                await self.send_json(
-                    {"type": "job", "event": message["event"], "version": message["version"], "job": message["job"]}
-                )
+                await self.send_json(client_message(message))
 
     async def _join(self, group: str) -> None:
         if group not in self.groups_joined:

@@ -26,9 +26,9 @@ def problem_media_type(result: dict[str, Any], generator: Any, request: Any, pub
         for operation in path.values():
             for response in operation.get("responses", {}).values():
                 content = response.get("content", {})
-                body = content.get("application/json", {}).get("schema", {})
-                if body.get("$ref", "").endswith("/Problem"):
-                    content["application/problem+json"] = content.pop("application/json")
+                for media_type in list(content):
+                    if content[media_type].get("schema", {}).get("$ref", "").endswith("/Problem"):
+                        content["application/problem+json"] = content.pop(media_type)
     return result
 
 

@@ -31,7 +31,7 @@ from django.utils import timezone
 from . import events, registry
 from .exceptions import IdempotencyConflict, JobStateError, JobValidationError
 from .models import IdempotencyKey, Job, JobEvent, JobEventKind, JobStatus
-from .serializers import serialize_job
+from .serializers import JobEventSerializer, serialize_job
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,12 @@ def _record(
     )
 
 
-def _publish_on_commit(job: Job, event: str) -> None:
-    # Serialize now, at the version this change produced; send only once it is committed.
+def _publish_on_commit(job: Job, event: str, entry: JobEvent | None = None) -> None:
+    """Publish the change after commit: the job at the version this change produced, and the
+    history entry it recorded, if any (so a live log needs no extra read)."""
     message = events.job_message(serialize_job(job), event)
+    if entry is not None:
+        message["entry"] = events.plain(JobEventSerializer(entry).data)
     transaction.on_commit(partial(events.publish_job_message, job.owner_id, message))
 
 
@@ -225,8 +228,9 @@ def job_create(*, owner: AbstractBaseUser, **submission: Any) -> Job:
     with transaction.atomic():
         job = _new_job(spec, owner)
         job.save(force_insert=True)
-        _created_event(job, owner).save(force_insert=True)
-        _publish_on_commit(job, "created")
+        entry = _created_event(job, owner)
+        entry.save(force_insert=True)
+        _publish_on_commit(job, "created", entry)
         if job.status == JobStatus.QUEUED:
             _dispatch_on_commit(job)
     return job
@@ -362,8 +366,7 @@ def jobs_promote_scheduled(*, limit: int = 500) -> int:
             job = _update(job_id, Q(status=JobStatus.SCHEDULED, run_at__lte=now), status=JobStatus.QUEUED)
             if job is None:
                 continue  # cancelled meanwhile
-            _record(job, JobEventKind.STATUS, "Its scheduled time has come; queued.")
-            _publish_on_commit(job, "status")
+            _publish_on_commit(job, "status", _record(job, JobEventKind.STATUS, "Its scheduled time has come; queued."))
             _dispatch_on_commit(job)
             promoted += 1
     return promoted
@@ -408,8 +411,7 @@ def job_claim(job_id: Any, *, worker: str, celery_task_id: str = "") -> Job | No
         )
         if job is None:
             return None
-        _record(job, JobEventKind.STATUS, f"Running on {worker} (attempt {job.attempts} of {job.max_attempts}).")
-        _publish_on_commit(job, "status")
+        _publish_on_commit(job, "status", _record(job, JobEventKind.STATUS, f"Running on {worker} (attempt {job.attempts} of {job.max_attempts})."))
     return job
 
 
@@ -439,8 +441,7 @@ def job_log(job_id: Any, *, worker: str, message: str) -> bool:
         job = _update(job_id, _running_on(worker))
         if job is None:
             return False
-        _record(job, JobEventKind.LOG, storable_text(message))
-        _publish_on_commit(job, "log")
+        _publish_on_commit(job, "log", _record(job, JobEventKind.LOG, storable_text(message)))
     return True
 
 
@@ -454,8 +455,7 @@ def _finish_cancelled(job_id: Any, worker: str) -> Job | None:
         lease_expires_at=None,
     )
     if job is not None:
-        _record(job, JobEventKind.STATUS, "Cancelled while running.")
-        _publish_on_commit(job, "status")
+        _publish_on_commit(job, "status", _record(job, JobEventKind.STATUS, "Cancelled while running."))
     return job
 
 
@@ -473,8 +473,7 @@ def job_succeed(job_id: Any, *, worker: str, result: Any) -> Job | None:
         )
         if job is None:
             return _finish_cancelled(job_id, worker)
-        _record(job, JobEventKind.STATUS, "Succeeded.")
-        _publish_on_commit(job, "status")
+        _publish_on_commit(job, "status", _record(job, JobEventKind.STATUS, "Succeeded."))
     return job
 
 
@@ -494,8 +493,7 @@ def job_fail(job_id: Any, *, worker: str, error: dict[str, str], traceback: str 
         )
         if job is None:
             return _finish_cancelled(job_id, worker)
-        _record(job, JobEventKind.STATUS, f"Failed: {error.get('type')}: {error.get('message')}", data={"error": error})
-        _publish_on_commit(job, "status")
+        _publish_on_commit(job, "status", _record(job, JobEventKind.STATUS, f"Failed: {error.get('type')}: {error.get('message')}", data={"error": error}))
     return job
 
 
@@ -523,8 +521,7 @@ def job_cancel(job_id: Any, *, actor: AbstractBaseUser | None) -> Job:
             finished_at=now,
         )
         if job is not None:
-            _record(job, JobEventKind.STATUS, f"Cancelled{by} before it ran.", actor=actor)
-            _publish_on_commit(job, "status")
+            _publish_on_commit(job, "status", _record(job, JobEventKind.STATUS, f"Cancelled{by} before it ran.", actor=actor))
             return job
         job = _update(
             job_id,
@@ -532,8 +529,7 @@ def job_cancel(job_id: Any, *, actor: AbstractBaseUser | None) -> Job:
             cancel_requested_at=now,
         )
         if job is not None:
-            _record(job, JobEventKind.CANCEL_REQUESTED, f"Cancel requested{by}.", actor=actor)
-            _publish_on_commit(job, "cancel_requested")
+            _publish_on_commit(job, "cancel_requested", _record(job, JobEventKind.CANCEL_REQUESTED, f"Cancel requested{by}.", actor=actor))
             return job
     current = Job.objects.select_related("owner").get(pk=job_id)
     if current.status == JobStatus.RUNNING:
@@ -565,8 +561,7 @@ def job_retry(job_id: Any, *, actor: AbstractBaseUser | None) -> Job:
             lease_expires_at=None,
         )
         if job is not None:
-            _record(job, JobEventKind.RETRY, f"Retried{by}.", actor=actor)
-            _publish_on_commit(job, "status")
+            _publish_on_commit(job, "status", _record(job, JobEventKind.RETRY, f"Retried{by}.", actor=actor))
             _dispatch_on_commit(job)
             return job
     current = Job.objects.get(pk=job_id)

@@ -22,11 +22,12 @@ from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
 from rest_framework.views import APIView
 
-from . import registry, selectors, services
+from . import registry, selectors, services, sse
 from .api_errors import Conflict
 from .exceptions import IdempotencyConflict
 from .filters import JobFilter
 from .models import ACTIVE_STATUSES, Job, JobStatus
+from .sse import EventStreamRenderer, last_event_id
 from .serializers import (
     JobBulkCancelResultSerializer,
     JobBulkCancelSerializer,
@@ -275,6 +276,68 @@ class JobViewSet(ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.R
                 headers["Idempotent-Replayed"] = "true"
         headers["Location"] = request.build_absolute_uri(reverse("api:job-detail", args=[job.pk]))
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers=headers)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "Last-Event-ID", str, OpenApiParameter.HEADER,
+                description="Sent by EventSource on reconnect: the history entries after this version are "
+                "replayed (`event: history`) before the current job.",
+            )
+        ],
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(
+                str, description="Server-Sent Events. `event: job` frames carry `{event, version, job, entry?}` "
+                "with `id:` the job's version; `event: history` frames replay missed history entries. Through "
+                "Daphne the stream stays open with live updates and heartbeats and closes once the job has ended; "
+                "elsewhere it answers the opening frames only (clients reconnect).",
+            ),
+            **problems(401, 404, 429),
+        },
+    )
+    @action(
+        detail=True, methods=["get"], renderer_classes=[EventStreamRenderer], filterset_class=None,
+        pagination_class=None,
+    )
+    def stream(self, request: Request, pk: str) -> Response:
+        """Server-Sent Events for one job."""
+        job = self.get_object()
+        after = last_event_id(request.headers.get("Last-Event-ID"))
+        frames = [sse.comment("longrun job stream")]
+        if after is not None:
+            for entry in selectors.job_events(job, after=after):
+                frames.append(sse.frame(id=entry.seq, event="history", data=JobEventSerializer(entry).data))
+        if after is None or job.version > after:
+            data = {"event": "snapshot", "version": job.version, "job": JobSerializer(job).data}
+            frames.append(sse.frame(id=job.version, event="job", data=data, retry=sse.RETRY_MS))
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Job-Version": str(job.version)}
+        if job.is_terminal:
+            headers["X-Job-Terminal"] = "1"
+        return Response(frames, headers=headers)
+
+    @extend_schema(
+        operation_id="jobs_stream_all",
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(
+                str, description="Server-Sent Events for all my jobs: first the 50 most recent (`event: job`, "
+                "`event` = `snapshot`), then every change, with `id:` `<job id>:<version>`. After a reconnect the "
+                "snapshot comes again; compare versions.",
+            ),
+            **problems(401, 429),
+        },
+    )
+    @action(
+        detail=False, methods=["get"], url_path="stream", renderer_classes=[EventStreamRenderer],
+        filterset_class=None, pagination_class=None,
+    )
+    def stream_all(self, request: Request) -> Response:
+        """Server-Sent Events for all my jobs."""
+        jobs = selectors.job_list_visible(request.user).filter(owner=request.user).order_by("-created_at")[:50]
+        frames = [sse.comment("longrun jobs stream")]
+        for job in reversed(list(jobs)):
+            data = {"event": "snapshot", "version": job.version, "job": JobSerializer(job).data}
+            frames.append(sse.frame(id=f"{job.pk}:{job.version}", event="job", data=data, retry=sse.RETRY_MS))
+        return Response(frames, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @extend_schema(request=None, responses={200: JobSerializer, **problems(401, 404, 409, 429)})
     @action(detail=True, methods=["post"])

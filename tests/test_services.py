@@ -164,7 +164,8 @@ def test_create_publishes_and_dispatches_only_after_commit(user, published, appl
     published.assert_called_once()
     owner_id, message = published.call_args.args
     assert owner_id == user.pk
-    assert set(message) == {"type", "event", "version", "job"}
+    assert set(message) == {"type", "event", "version", "job", "entry"}
+    assert message["entry"]["seq"] == 1 and message["entry"]["kind"] == "created"
     assert message["type"] == "job.event"
     assert message["event"] == "created"
     assert message["version"] == 1

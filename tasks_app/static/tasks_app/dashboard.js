@@ -1,0 +1,363 @@
+// The dashboard: the jobs table kept live over the WebSocket, counters and the finished-per-minute
+// chart (GET /api/stats/), filters, and the submit form.
+
+import { JobStream } from "./live.js";
+import { JobForm } from "./jobform.js";
+import {
+  ACTIVE, UUID_RE, api, formatTime, h, liveIndicator, localizeTimes, readConfig, setText, statusLabel, throttle,
+} from "./common.js";
+
+const config = readConfig("dashboard-config");
+const urls = config.urls;
+const isStaff = Boolean(config.isStaff);
+const MAX_JOBS = 500;   // jobs kept in memory
+const MAX_ROWS = 100;   // rows shown
+
+const jobPageUrl = (id) => urls.jobPage.replace("00000000-0000-0000-0000-000000000000", id);
+const tbody = document.querySelector("[data-jobs-body]");
+const emptyNote = document.querySelector("[data-empty]");
+const filterForm = document.querySelector("[data-filters]");
+const filters = { ...config.filters };
+
+// --- the jobs, by id, newest version only ---------------------------------------------------
+
+const jobs = new Map();
+
+function upsert(job) {
+  const current = jobs.get(job.id);
+  if (current && current.version >= job.version) return false;
+  jobs.set(job.id, job);
+  return true;
+}
+
+function trim() {
+  if (jobs.size <= MAX_JOBS) return;
+  const oldest = [...jobs.values()].sort(byNewest).slice(MAX_JOBS);
+  for (const job of oldest) if (!ACTIVE.has(job.status)) jobs.delete(job.id);
+}
+
+function byNewest(a, b) {
+  return a.created_at < b.created_at ? 1 : a.created_at > b.created_at ? -1 : (a.id < b.id ? 1 : -1);
+}
+
+function matches(job) {
+  if (filters.status && job.status !== filters.status) return false;
+  if (filters.type && job.type !== filters.type) return false;
+  const q = (filters.q || "").trim().toLowerCase().replace(/-/g, "");
+  if (q && !job.id.replace(/-/g, "").startsWith(q)) return false;
+  return true;
+}
+
+// --- the table ------------------------------------------------------------------------------
+
+function buildRow(job) {
+  const short = job.id.slice(0, 8);
+  const progress = h("progress", { max: 100, value: job.progress, "data-testid": "job-progress", "aria-label": `Progress of job ${short}` });
+  const cells = [
+    h("td", { "data-label": "Job" }, h("a", { class: "job-link", href: jobPageUrl(job.id), title: job.id }, h("code", {}, short))),
+    h("td", { "data-label": "Type", "data-col": "type" }),
+    h("td", { "data-label": "Status" }, h("span", { class: "badge", "data-testid": "job-status" })),
+    h("td", { "data-label": "Progress", class: "progress-cell" },
+      h("div", { class: "progress-line" }, progress, h("span", { class: "pct" })),
+      h("div", { class: "progress-message", "data-testid": "job-progress-message" })),
+  ];
+  if (isStaff) cells.push(h("td", { "data-label": "Owner", "data-col": "owner" }));
+  cells.push(h("td", { "data-label": "Created" }, h("time", { datetime: job.created_at })));
+  const row = h("tr", { "data-job-id": job.id, "data-testid": "job-row" }, ...cells);
+  updateRow(row, job);
+  return row;
+}
+
+function updateRow(row, job) {
+  row.dataset.status = job.status;
+  row.dataset.version = job.version;
+  const badge = row.querySelector(".badge");
+  badge.dataset.status = job.status;
+  setText(badge, statusLabel(job.status));
+  const progress = row.querySelector("progress");
+  if (Number(progress.value) !== job.progress) progress.value = job.progress;
+  progress.textContent = `${job.progress}%`;
+  setText(row.querySelector(".pct"), `${job.progress}%`);
+  setText(row.querySelector(".progress-message"), job.progress_message);
+  const type = row.querySelector("[data-col=type]") || row.cells[1];
+  setText(type, job.type);
+  const owner = row.querySelector("[data-col=owner]");
+  if (owner) setText(owner, job.owner);
+  const time = row.querySelector("time");
+  if (time) {
+    setText(time, formatTime(job.created_at));
+    time.title = job.created_at;
+  }
+}
+
+const rows = new Map(); // job id -> <tr>, adopted from the server's markup on load
+for (const node of [...tbody.childNodes]) if (node.nodeType !== Node.ELEMENT_NODE) node.remove();
+for (const row of tbody.querySelectorAll("tr[data-job-id]")) rows.set(row.dataset.jobId, row);
+localizeTimes(tbody);
+
+let renderQueued = false;
+function render() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    renderNow();
+  });
+}
+
+function renderNow() {
+  const wanted = [...jobs.values()].filter(matches).sort(byNewest).slice(0, MAX_ROWS);
+  const keep = new Set(wanted.map((job) => job.id));
+  for (const [id, row] of rows) {
+    if (!keep.has(id)) {
+      row.remove();
+      rows.delete(id);
+    }
+  }
+  let previous = null;
+  for (const job of wanted) {
+    let row = rows.get(job.id);
+    if (!row) {
+      row = buildRow(job);
+      rows.set(job.id, row);
+    } else if (row.dataset.version !== String(job.version)) {
+      updateRow(row, job);
+    }
+    const expectedPosition = previous ? previous.nextSibling : tbody.firstChild;
+    if (row !== expectedPosition) {
+      if (previous) previous.after(row);
+      else tbody.prepend(row);
+    }
+    previous = row;
+  }
+  emptyNote.hidden = wanted.length > 0;
+  if (!wanted.length) {
+    emptyNote.textContent = filters.status || filters.type || filters.q
+      ? "No jobs match these filters." : "No jobs yet. Submit one with the form above.";
+  }
+}
+
+// --- counters and chart ---------------------------------------------------------------------
+
+const counterEls = new Map();
+for (const el of document.querySelectorAll("[data-count-for]")) counterEls.set(el.dataset.countFor, el);
+const finishedTotal = document.querySelector("[data-finished-total]");
+const chartEl = document.querySelector("[data-chart]");
+let chart = null;
+
+function showStats(stats) {
+  const byStatus = stats.by_status || {};
+  let total = 0;
+  for (const [status, count] of Object.entries(byStatus)) {
+    total += count;
+    const el = counterEls.get(status);
+    if (el) setText(el, count.toLocaleString());
+  }
+  const all = counterEls.get("");
+  if (all) setText(all, total.toLocaleString());
+  const series = stats.finished_per_minute || [];
+  setText(finishedTotal, series.reduce((sum, point) => sum + point.count, 0).toLocaleString());
+  drawChart(series);
+}
+
+function drawChart(series) {
+  const uPlot = window.uPlot;
+  if (!uPlot || !chartEl) return;
+  const xs = series.map((point) => Math.floor(new Date(point.minute).getTime() / 1000));
+  const ys = series.map((point) => point.count);
+  const data = [xs, ys];
+  if (chart) {
+    chart.setData(data);
+    return;
+  }
+  const width = Math.max(chartEl.clientWidth, 200);
+  chart = new uPlot({
+    width,
+    height: 200,
+    legend: { show: false },
+    cursor: { drag: { x: false, y: false }, points: { show: false } },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(4, Math.ceil(max * 1.15))] } },
+    axes: [
+      { stroke: "#59636e", grid: { show: false }, ticks: { stroke: "#d1d9e0" } },
+      { stroke: "#59636e", grid: { stroke: "#eaeef2" }, ticks: { show: false }, size: 40,
+        values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? v : "")) },
+    ],
+    series: [
+      {},
+      {
+        label: "Finished",
+        stroke: "#1a7f37",
+        fill: "rgba(26, 127, 55, 0.35)",
+        width: 1,
+        paths: uPlot.paths.bars({ size: [0.8, 24], align: 0 }),
+        points: { show: false },
+      },
+    ],
+  }, data, chartEl);
+  new ResizeObserver(() => {
+    const next = Math.max(chartEl.clientWidth, 200);
+    if (chart && Math.abs(next - chart.width) > 1) chart.setSize({ width: next, height: 200 });
+  }).observe(chartEl);
+}
+
+async function loadStats() {
+  try {
+    const result = await api(urls.stats);
+    if (result.ok && result.data) showStats(result.data);
+  } catch {
+    // offline: the next refresh tries again
+  }
+}
+
+// Live events that change the counts refresh them, at most every 2 s; and every 30 s anyway
+// (for the finished-per-minute window moving on).
+const requestStats = throttle(loadStats, 2000);
+setInterval(requestStats, 30000);
+
+// --- filters ------------------------------------------------------------------------------
+
+function filtersToUrl() {
+  const params = new URLSearchParams();
+  for (const key of ["status", "type", "q"]) if (filters[key]) params.set(key, filters[key]);
+  const query = params.toString();
+  history.replaceState(null, "", query ? `?${query}` : location.pathname);
+  for (const el of document.querySelectorAll(".counter")) {
+    if (el.dataset.status === filters.status) el.setAttribute("aria-current", "true");
+    else el.removeAttribute("aria-current");
+  }
+}
+
+let listRequest = 0;
+/** Load the newest jobs matching the status and type filters (beyond what the snapshot holds). */
+async function loadList() {
+  const params = new URLSearchParams({ page_size: "50" });
+  if (filters.status) params.set("status", filters.status);
+  if (filters.type) params.set("type", filters.type);
+  const mine = ++listRequest;
+  try {
+    const result = await api(`${urls.jobs}?${params}`);
+    if (mine !== listRequest || !result.ok || !result.data) return;
+    for (const job of result.data.results || []) {
+      stream.note(job);
+      upsert(job);
+    }
+    trim();
+    render();
+  } catch {
+    // offline
+  }
+}
+
+function applyFilters({ reload = true } = {}) {
+  const form = new FormData(filterForm);
+  const changed = form.get("status") !== filters.status || form.get("type") !== filters.type;
+  filters.status = form.get("status") || "";
+  filters.type = form.get("type") || "";
+  filters.q = (form.get("q") || "").trim();
+  filtersToUrl();
+  render();
+  if (reload && changed) loadList();
+}
+
+filterForm.addEventListener("change", (event) => {
+  if (event.target.name !== "q") applyFilters();
+});
+filterForm.addEventListener("input", (event) => {
+  if (event.target.name === "q") applyFilters({ reload: false });
+});
+filterForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const q = filterForm.elements.q.value.trim();
+  if (UUID_RE.test(q)) {
+    location.assign(jobPageUrl(q.toLowerCase().replace(/^(.{8})-?(.{4})-?(.{4})-?(.{4})-?(.{12})$/, "$1-$2-$3-$4-$5")));
+    return;
+  }
+  applyFilters();
+});
+for (const counter of document.querySelectorAll(".counter")) {
+  counter.addEventListener("click", (event) => {
+    event.preventDefault();
+    filterForm.elements.status.value = counter.dataset.status;
+    applyFilters();
+  });
+}
+
+// --- live -------------------------------------------------------------------------------------
+
+const COUNT_EVENTS = new Set(["created", "status", "resync"]);
+let flashIds = new Set();
+
+const stream = new JobStream({
+  url: urls.websocket,
+  jobUrl: (id) => `${urls.jobs}${id}/`,
+  onState: liveIndicator(),
+  onJob(job, event) {
+    if (upsert(job)) {
+      if (event === "created" || event === "status") flashIds.add(job.id);
+      trim();
+      render();
+      requestAnimationFrame(flash);
+    }
+    if (COUNT_EVENTS.has(event)) requestStats();
+  },
+  onSnapshot(snapshot) {
+    const inSnapshot = new Set();
+    for (const job of snapshot) {
+      inSnapshot.add(job.id);
+      upsert(job);
+    }
+    // Jobs shown but not in the snapshot (older ones) may have changed while we were away.
+    for (const job of jobs.values()) {
+      if (!inSnapshot.has(job.id) && ACTIVE.has(job.status)) stream.refresh(job.id);
+    }
+    trim();
+    render();
+    requestStats();
+  },
+  onError(message) {
+    console.warn("live updates:", message.code, message.message);
+  },
+});
+
+function flash() {
+  for (const id of flashIds) {
+    const row = rows.get(id);
+    if (!row) continue;
+    row.classList.remove("flash");
+    void row.offsetWidth; // restart the animation
+    row.classList.add("flash");
+  }
+  flashIds = new Set();
+}
+
+for (const job of config.jobs || []) {
+  upsert(job);
+  stream.note(job);
+}
+stream.subscribe({ scope: config.scope || (isStaff ? "all" : "mine") });
+stream.connect();
+
+// The chart library is a classic deferred script: it has run by the time this module runs.
+showStats(config.stats || {});
+if (filters.status || filters.type) loadList();
+
+// --- submit form ----------------------------------------------------------------------------
+
+const form = new JobForm(document.querySelector("[data-job-form]"), {
+  typesUrl: urls.jobTypes,
+  jobsUrl: urls.jobs,
+  onCreated(job) {
+    if (stream.note(job) || !jobs.has(job.id)) {
+      upsert(job);
+      flashIds.add(job.id);
+      render();
+      requestAnimationFrame(flash);
+    }
+    requestStats();
+    return jobPageUrl(job.id);
+  },
+});
+form.load();
+
+// Expose for debugging from the console.
+window.longrun = { stream, jobs };

@@ -1,0 +1,236 @@
+// The job page: every field of the job kept live over the WebSocket, its log (the job's events,
+// fetched with ?after=<last seq> whenever a live message for it arrives), the outcome, and the
+// Cancel / Retry buttons, which call the REST API.
+
+import { JobStream } from "./live.js";
+import {
+  ACTIVE, api, clockTime, formatTime, h, liveIndicator, problemText, readConfig, setText, statusLabel,
+} from "./common.js";
+
+const config = readConfig("job-config");
+let job = config.job;
+let lastSeq = 0;
+
+const page = document.querySelector("[data-job-page]");
+const badge = page.querySelector("[data-status-badge]");
+const progress = page.querySelector(".progress-card progress");
+const pct = page.querySelector("[data-pct]");
+const progressMessage = page.querySelector("[data-progress-message]");
+const log = page.querySelector("[data-log]");
+const cancelButton = page.querySelector("[data-action=cancel]");
+const retryButton = page.querySelector("[data-action=retry]");
+const actionError = page.querySelector("[data-action-error]");
+const actionStatus = page.querySelector("[data-action-status]");
+const outcome = {
+  pending: page.querySelector("[data-outcome-pending]"),
+  result: page.querySelector("[data-outcome-result]"),
+  error: page.querySelector("[data-outcome-error]"),
+  errorType: page.querySelector("[data-error-type]"),
+  errorMessage: page.querySelector("[data-error-message]"),
+  tracebackBox: page.querySelector("[data-traceback-box]"),
+};
+let busy = false;
+
+// --- rendering ------------------------------------------------------------------------------
+
+function isEmpty(value) {
+  return value === null || value === undefined || value === "" ||
+    (typeof value === "object" && !Array.isArray(value) && Object.keys(value).length === 0);
+}
+
+function renderField(el, value) {
+  const format = el.dataset.format || "text";
+  if (el.tagName === "PRE") {
+    setText(el, format === "json" ? (isEmpty(value) ? "—" : JSON.stringify(value, null, 2)) : value ?? "");
+    return;
+  }
+  if (isEmpty(value)) {
+    if (el.children.length || el.textContent !== "—") el.textContent = "—";
+    return;
+  }
+  if (format === "json") {
+    let pre = el.querySelector("pre");
+    if (!pre) el.replaceChildren((pre = h("pre", { class: "code" })));
+    setText(pre, JSON.stringify(value, null, 2));
+  } else if (format === "time") {
+    let time = el.querySelector("time");
+    if (!time) el.replaceChildren((time = h("time")));
+    time.setAttribute("datetime", value);
+    time.title = value;
+    setText(time, formatTime(value, { full: true }));
+  } else {
+    setText(el, value);
+  }
+}
+
+function render() {
+  page.dataset.status = job.status;
+  page.dataset.version = job.version;
+  badge.dataset.status = job.status;
+  setText(badge, statusLabel(job.status));
+  progress.dataset.status = job.status;
+  if (Number(progress.value) !== job.progress) progress.value = job.progress;
+  setText(pct, `${job.progress}%`);
+  setText(progressMessage, job.progress_message);
+  for (const el of page.querySelectorAll("[data-field]")) renderField(el, job[el.dataset.field]);
+
+  const hasResult = job.result !== null && job.result !== undefined;
+  outcome.result.hidden = !hasResult;
+  outcome.error.hidden = !job.error;
+  outcome.pending.hidden = hasResult || Boolean(job.error);
+  if (job.status === "cancelled" && !job.error) {
+    outcome.pending.hidden = false;
+    setText(outcome.pending, "Cancelled before it finished.");
+  } else if (!hasResult && !job.error) {
+    setText(outcome.pending, ACTIVE.has(job.status) ? "No outcome yet." : "No result.");
+  }
+  if (job.error) {
+    setText(outcome.errorType, job.error.type);
+    setText(outcome.errorMessage, job.error.message);
+  }
+  const hadTraceback = !outcome.tracebackBox.hidden;
+  outcome.tracebackBox.hidden = !job.traceback;
+  if (job.traceback && !hadTraceback) outcome.tracebackBox.open = true;
+
+  const active = ACTIVE.has(job.status);
+  cancelButton.hidden = !active;
+  const cancelling = active && Boolean(job.cancel_requested_at);
+  cancelButton.disabled = busy || cancelling;
+  setText(cancelButton, cancelling ? "Cancel requested" : "Cancel");
+  retryButton.hidden = !(job.status === "failed" || job.status === "cancelled");
+  retryButton.disabled = busy;
+  document.title = `${statusLabel(job.status)} · ${job.type} ${job.id.slice(0, 8)} · Longrun`;
+}
+
+function apply(next) {
+  if (!next || next.id !== job.id || next.version <= job.version) return false;
+  job = next;
+  render();
+  return true;
+}
+
+// --- the log --------------------------------------------------------------------------------
+
+function eventItem(event) {
+  return h("li", { "data-seq": event.seq, "data-kind": event.kind },
+    h("time", { datetime: event.created_at, title: event.created_at }, clockTime(event.created_at)),
+    h("span", { class: "log-kind", "data-status": event.status }, event.kind.replace("_", " ")),
+    h("span", { class: "log-message" }, event.message || statusLabel(event.status)),
+    event.actor ? h("span", { class: "muted" }, ` · ${event.actor}`) : null,
+  );
+}
+
+function appendEvents(events) {
+  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 24;
+  for (const event of events) {
+    if (event.seq <= lastSeq) continue;
+    log.append(eventItem(event));
+    lastSeq = event.seq;
+  }
+  if (atBottom) log.scrollTop = log.scrollHeight;
+}
+
+let fetching = false;
+let fetchAgain = false;
+let progressTimer = null;
+
+/** Fetch the events after the last one shown; one request at a time, repeated if asked meanwhile. */
+async function fetchEvents() {
+  clearTimeout(progressTimer);
+  progressTimer = null;
+  if (fetching) {
+    fetchAgain = true;
+    return;
+  }
+  fetching = true;
+  try {
+    do {
+      fetchAgain = false;
+      const result = await api(`${job.links.events}?after=${lastSeq}`);
+      if (result.ok && Array.isArray(result.data)) appendEvents(result.data);
+    } while (fetchAgain);
+  } catch {
+    // offline: the next live message or the resync on reconnect fetches again
+  } finally {
+    fetching = false;
+  }
+}
+
+/** Progress ticks write no event; still look for new ones now and then (a lost log message). */
+function fetchEventsSoon() {
+  if (!progressTimer && !fetching) progressTimer = setTimeout(fetchEvents, 2000);
+}
+
+// --- actions --------------------------------------------------------------------------------
+
+async function act(kind, button) {
+  if (busy) return;
+  busy = true;
+  actionError.hidden = true;
+  actionError.textContent = "";
+  setText(actionStatus, kind === "cancel" ? "Cancelling…" : "Retrying…");
+  render();
+  let result = null;
+  try {
+    result = await api(job.links[kind], { method: "POST" });
+  } catch {
+    result = null;
+  }
+  busy = false;
+  if (result && result.ok && result.data) {
+    stream.note(result.data);
+    apply(result.data);
+    if (kind === "retry") setText(actionStatus, "Queued again as a new attempt.");
+    else if (result.data.status === "cancelled") setText(actionStatus, "Cancelled.");
+    else setText(actionStatus, "Cancel requested: the job stops at its next check.");
+    fetchEvents();
+  } else {
+    setText(actionStatus, "");
+    actionError.textContent = result ? problemText(result) : "Could not reach the server; try again.";
+    actionError.hidden = false;
+    if (result && result.status === 409) stream.refresh(job.id); // our view of it was stale
+  }
+  render();
+  button.focus();
+}
+
+cancelButton.addEventListener("click", () => act("cancel", cancelButton));
+retryButton.addEventListener("click", () => act("retry", retryButton));
+
+// --- live -------------------------------------------------------------------------------------
+
+const stream = new JobStream({
+  url: config.urls.websocket,
+  jobUrl: () => job.links.self,
+  onState: liveIndicator(),
+  onJob(next, event) {
+    if (next.id !== job.id) return;
+    apply(next);
+    if (event === "progress") fetchEventsSoon();
+    else fetchEvents();
+  },
+  onSnapshot(jobs) {
+    const current = jobs.find((item) => item.id === job.id);
+    if (current) apply(current);
+    fetchEvents(); // catch up on anything missed while disconnected
+  },
+  onError(message) {
+    if (message.code === "not_found") {
+      actionError.textContent = "This job is no longer visible to you.";
+      actionError.hidden = false;
+    } else {
+      console.warn("live updates:", message.code, message.message);
+    }
+  },
+});
+
+for (const event of config.events || []) lastSeq = Math.max(lastSeq, event.seq);
+// Re-render the server's log with the same markup (local times).
+log.replaceChildren(...(config.events || []).map(eventItem));
+log.scrollTop = log.scrollHeight;
+render();
+stream.note(job);
+stream.subscribe({ job: job.id });
+stream.connect();
+
+window.longrun = { stream, get job() { return job; } };
