@@ -211,6 +211,10 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# SIGTERM: stop taking jobs and let running ones finish for this long, then stop them (their
+# jobs go back to the queue when their lease lapses).
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env_float("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", 30.0)
+CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", os.cpu_count() or 2)
 CELERY_WORKER_SEND_TASK_EVENTS = False
@@ -238,6 +242,21 @@ CELERY_TASK_PUBLISH_RETRY = False
 
 # --- Longrun ----------------------------------------------------------------------------------
 LONGRUN = {
+    # A running job's lease, renewed by its worker's heartbeat; when it lapses (the worker died)
+    # the sweep takes the job back. Seconds.
+    "LEASE_SECONDS": env_float("LONGRUN_LEASE_SECONDS", 30.0),
+    "HEARTBEAT_SECONDS": env_float("LONGRUN_HEARTBEAT_SECONDS", 5.0),
+    # After a cancel request, how long a running job may take to stop by itself before its
+    # worker process is terminated. Seconds.
+    "CANCEL_GRACE": env_float("LONGRUN_CANCEL_GRACE", 10.0),
+    # After the soft timeout (the job gets TimeoutError-like SoftTimeLimitExceeded and may clean
+    # up), how long until the hard limit kills it. Seconds.
+    "TIMEOUT_GRACE": env_float("LONGRUN_TIMEOUT_GRACE", 10.0),
+    # Retry backoff for retryable errors: base * 2**(attempt-1), capped, with full jitter. Seconds.
+    "RETRY_BACKOFF_BASE": env_float("LONGRUN_RETRY_BACKOFF_BASE", 2.0),
+    "RETRY_BACKOFF_MAX": env_float("LONGRUN_RETRY_BACKOFF_MAX", 600.0),
+    # Extra modules with @job_type functions, imported at start-up (comma-separated).
+    "JOB_MODULES": env_list("LONGRUN_JOB_MODULES", []),
     # How often the maintenance sweep runs (dispatch, lease expiry, scheduled jobs), seconds.
     "SWEEP_INTERVAL": env_float("LONGRUN_SWEEP_INTERVAL", 5.0),
     # A queued job whose on-commit dispatch has not happened after this long is re-published.

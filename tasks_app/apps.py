@@ -7,5 +7,12 @@ class TasksAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Register the built-in job types.
+        import importlib
+
+        from django.conf import settings
+
+        # Register the built-in job types, and any configured elsewhere.
         from . import job_types  # noqa: F401
+
+        for module in settings.LONGRUN["JOB_MODULES"]:
+            importlib.import_module(module)

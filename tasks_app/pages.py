@@ -28,7 +28,8 @@ from .serializers import JobEventSerializer, JobSerializer
 DASHBOARD_LIMIT = 50
 
 # Every field of the job representation on the job page: (field, label, format). Formats:
-# "text", "json" (pretty-printed), "time" (ISO 8601, shown in the reader's time zone).
+# "text", "json" (pretty-printed), "time" (ISO 8601, shown in the reader's time zone), "links"
+# (the API URLs of the job, by name).
 # result, error and traceback have a section of their own, under "Outcome".
 DETAIL_FIELDS: list[tuple[str, str, str]] = [
     ("id", "ID", "text"),
@@ -50,7 +51,7 @@ DETAIL_FIELDS: list[tuple[str, str, str]] = [
     ("finished_at", "Finished", "time"),
     ("cancel_requested_at", "Cancel requested", "time"),
     ("version", "Version", "text"),
-    ("links", "Links", "json"),
+    ("links", "Links", "links"),
 ]
 OUTCOME_FIELDS = ("result", "error", "traceback")
 
@@ -58,7 +59,7 @@ OUTCOME_FIELDS = ("result", "error", "traceback")
 def _display(value: Any, fmt: str) -> str:
     """The text a field shows before the page's script takes over (which formats the same way,
     except that times are shown in the reader's time zone)."""
-    if value is None or value == "" or (fmt == "json" and value == {}):
+    if value is None or value == "" or (fmt in ("json", "links") and value == {}):
         return "—"
     if fmt == "json":
         return json.dumps(value, indent=2, ensure_ascii=False)

@@ -10,11 +10,14 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import traceback
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import connection
 
 from . import registry, selectors, services
 from .exceptions import JobCancelled
@@ -73,9 +76,50 @@ class JobContext:
         return self._cancel_requested
 
     def raise_if_cancelled(self) -> None:
-        """Stop here (cleanly) if a cancel was requested."""
+        """Stop here (cleanly) if a cancel was requested, or if the job is no longer this
+        worker's to run (its lease was lost)."""
+        if self.lease_lost:
+            raise JobLeaseLost()
         if self.cancel_requested:
             raise JobCancelled()
+
+    # Set by the heartbeat thread.
+    lease_lost = False
+
+
+class JobLeaseLost(Exception):
+    """The sweep took the job back (this worker's heartbeat stopped for too long)."""
+
+
+class Heartbeat(threading.Thread):
+    """Renews the running job's lease every few seconds, from its own thread, so a job busy in
+    a long computation or a C call keeps its lease; also tells the job about a cancel request."""
+
+    def __init__(self, context: JobContext) -> None:
+        super().__init__(name=f"heartbeat-{context.job_id}", daemon=True)
+        self.context = context
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        interval = settings.LONGRUN["HEARTBEAT_SECONDS"]
+        try:
+            while not self.stopped.wait(interval):
+                try:
+                    ours, cancel = services.job_heartbeat(self.context.job_id, worker=self.context.worker)
+                except Exception:  # a database blip: the lease outlasts a few missed beats
+                    logger.warning("heartbeat of job %s failed", self.context.job_id, exc_info=True)
+                    connection.close()
+                    continue
+                if cancel:
+                    self.context._cancel_requested = True
+                if not ours:
+                    self.context.lease_lost = True
+                    return
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
 
 
 def _error_of(exc: BaseException) -> dict[str, str]:
@@ -94,6 +138,9 @@ def execute_job(job_id: str, *, worker: str | None = None, celery_task_id: str =
         return "skipped"
 
     context = JobContext(job, worker=worker)
+    heartbeat = Heartbeat(context)
+    heartbeat.start()
+    jt = None
     try:
         jt = registry.get_job_type(job.type)
         result = jt.func(context, **job.params)
@@ -105,11 +152,20 @@ def execute_job(job_id: str, *, worker: str | None = None, celery_task_id: str =
         json.dumps(result, allow_nan=False)
     except JobCancelled:
         outcome = services.job_acknowledge_cancel(job.pk, worker=worker)
+    except JobLeaseLost:
+        logger.warning("job %s was taken back from this worker; its outcome is dropped", job.pk)
+        outcome = None
+    except SoftTimeLimitExceeded:
+        error = {"type": "TimeoutError", "message": f"The job ran longer than its timeout of {job.timeout} s."}
+        outcome = services.job_fail(job.pk, worker=worker, error=error, traceback=traceback.format_exc())
     except Exception as exc:
         context._pending_progress = None
-        outcome = services.job_fail(
-            job.pk, worker=worker, error=_error_of(exc), traceback=traceback.format_exc()
+        retryable = jt is not None and bool(jt.retry_on) and isinstance(exc, jt.retry_on)
+        outcome = services.job_fail_or_retry(
+            job.pk, worker=worker, error=_error_of(exc), traceback=traceback.format_exc(), retryable=retryable
         )
     else:
         outcome = services.job_succeed(job.pk, worker=worker, result=result)
+    finally:
+        heartbeat.stop()
     return outcome.status if outcome is not None else "lost"

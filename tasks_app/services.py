@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import re
 import uuid
 from dataclasses import dataclass
@@ -314,13 +315,17 @@ def jobs_dispatch(job_ids: list[Any]) -> int:
 
     position = {str(job_id): index for index, job_id in enumerate(job_ids)}
     jobs = sorted(
-        Job.objects.filter(pk__in=job_ids, status=JobStatus.QUEUED).values_list("pk", "priority"),
+        Job.objects.filter(pk__in=job_ids, status=JobStatus.QUEUED).values_list("pk", "priority", "timeout"),
         key=lambda row: position[str(row[0])],  # publish in the order given (oldest first)
     )
     published: list[Any] = []
     try:
         with run_job.app.producer_or_acquire() as producer:
-            for job_id, priority in jobs:
+            for job_id, priority, timeout in jobs:
+                limits = {}
+                if timeout:
+                    # Soft: the job gets SoftTimeLimitExceeded and may clean up; hard: killed.
+                    limits = {"soft_time_limit": timeout, "time_limit": timeout + _conf("TIMEOUT_GRACE")}
                 run_job.apply_async(
                     args=[str(job_id)],
                     task_id=str(uuid.uuid4()),
@@ -328,6 +333,7 @@ def jobs_dispatch(job_ids: list[Any]) -> int:
                     priority=9 - priority,
                     retry=False,
                     producer=producer,
+                    **limits,
                 )
                 published.append(job_id)
     except Exception as exc:  # kombu raises several unrelated types for a dead broker
@@ -382,6 +388,8 @@ def idempotency_keys_purge() -> int:
 def sweep() -> dict[str, int]:
     """Periodic maintenance, run by Celery beat on the maintenance queue."""
     return {
+        "recovered": jobs_recover_expired_leases(),
+        "ended": jobs_enforce_deadlines(),
         "promoted": jobs_promote_scheduled(),
         "dispatched": jobs_dispatch_pending(),
         "idempotency_keys_purged": idempotency_keys_purge(),
@@ -407,7 +415,7 @@ def job_claim(job_id: Any, *, worker: str, celery_task_id: str = "") -> Job | No
             celery_task_id=celery_task_id,
             progress=0,
             progress_message="",
-            lease_expires_at=now + timedelta(seconds=60),
+            lease_expires_at=now + timedelta(seconds=_conf("LEASE_SECONDS")),
         )
         if job is None:
             return None
@@ -582,3 +590,174 @@ def jobs_cancel(job_ids: list[Any], *, actor: AbstractBaseUser | None) -> dict[s
             continue
         counts["cancelled" if job.status == JobStatus.CANCELLED else "cancel_requested"] += 1
     return counts
+
+
+def job_rerun(job_id: Any, *, actor: AbstractBaseUser | None) -> Job:
+    """Submit a new job with the same type, params and options as an existing one, for the same
+    owner. Both jobs' histories say who did it and link the two."""
+    original = Job.objects.select_related("owner").get(pk=job_id)
+    by = f" by {actor.get_username()}" if actor is not None and actor.is_authenticated else ""
+    with transaction.atomic():
+        job = job_create(
+            owner=original.owner,
+            type=original.type,
+            params=original.params,
+            priority=original.priority,
+            max_attempts=original.max_attempts,
+            timeout=original.timeout,
+            callback_url=original.callback_url,
+            metadata=original.metadata,
+        )
+        job = _bump(job.pk)
+        _publish_on_commit(job, "log", _record(job, JobEventKind.LOG, f"Re-run of {original.pk}{by}.", actor=actor))
+        original = _bump(original.pk)
+        _publish_on_commit(
+            original, "log", _record(original, JobEventKind.LOG, f"Re-run as {job.pk}{by}.", actor=actor)
+        )
+    return job
+
+
+def _bump(job_id: Any) -> Job:
+    """A change with no field of its own (a note in the history): version + 1."""
+    job = _update(job_id, Q())
+    assert job is not None
+    return job
+
+
+
+# --- leases, retries, timeouts, forced cancels (the worker side and the sweep) ---------------
+
+
+def job_heartbeat(job_id: Any, *, worker: str) -> tuple[bool, bool]:
+    """Renew the lease of a job this worker runs. Returns (still ours, cancel requested). Not a
+    change a client sees: the version stays."""
+    lease = timezone.now() + timedelta(seconds=_conf("LEASE_SECONDS"))
+    renewed = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING, worker=worker).update(lease_expires_at=lease)
+    if not renewed:
+        return False, False
+    cancel = Job.objects.filter(pk=job_id, cancel_requested_at__isnull=False).exists()
+    return True, cancel
+
+
+def retry_delay(attempt: int) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(max, base * 2**(attempt-1)))."""
+    ceiling = min(_conf("RETRY_BACKOFF_MAX"), _conf("RETRY_BACKOFF_BASE") * 2 ** max(0, attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)  # at least half: a retry storm helps nobody
+
+
+def job_fail_or_retry(
+    job_id: Any, *, worker: str, error: dict[str, str], traceback: str = "", retryable: bool = False
+) -> Job | None:
+    """The job's code raised. A retryable error with attempts left schedules another attempt
+    after a backoff (status `scheduled`); anything else fails the job."""
+    job = Job.objects.filter(pk=job_id).only("attempts", "max_attempts").first()
+    if job is None or not retryable or job.attempts >= job.max_attempts:
+        return job_fail(job_id, worker=worker, error=error, traceback=traceback)
+    delay = retry_delay(job.attempts)
+    error = {key: storable_text(str(value)) for key, value in error.items()}
+    with transaction.atomic():
+        updated = _update(
+            job_id,
+            _running_on(worker) & Q(cancel_requested_at__isnull=True),
+            status=JobStatus.SCHEDULED,
+            run_at=timezone.now() + timedelta(seconds=delay),
+            error=error,
+            traceback=storable_text(traceback),
+            worker="",
+            lease_expires_at=None,
+            dispatched_at=None,
+        )
+        if updated is None:
+            return _finish_cancelled(job_id, worker)
+        message = (
+            f"Attempt {updated.attempts} of {updated.max_attempts} failed ({error.get('type')}: "
+            f"{error.get('message')}); retrying in {delay:.1f} s."
+        )
+        _publish_on_commit(updated, "status", _record(updated, JobEventKind.STATUS, message, data={"error": error}))
+    return updated
+
+
+def _lost_worker(job: Job, reason: str) -> None:
+    """A running job whose worker is gone: another attempt if any is left, else failed."""
+    with transaction.atomic():
+        if job.cancel_requested_at is not None:
+            taken = _update(
+                job.pk, Q(status=JobStatus.RUNNING, worker=job.worker),
+                status=JobStatus.CANCELLED, finished_at=timezone.now(), lease_expires_at=None,
+            )
+            if taken is not None:
+                _publish_on_commit(taken, "status", _record(taken, JobEventKind.STATUS, f"Cancelled: {reason}."))
+            return
+        if job.attempts < job.max_attempts:
+            taken = _update(
+                job.pk, Q(status=JobStatus.RUNNING, worker=job.worker),
+                status=JobStatus.QUEUED, worker="", lease_expires_at=None, dispatched_at=None,
+            )
+            if taken is not None:
+                note = f"{reason}; queued for attempt {taken.attempts + 1} of {taken.max_attempts}."
+                _publish_on_commit(taken, "status", _record(taken, JobEventKind.STATUS, note))
+                _dispatch_on_commit(taken)
+            return
+        error = {"type": "WorkerLost", "message": f"{reason} on attempt {job.attempts} of {job.max_attempts}."}
+        taken = _update(
+            job.pk, Q(status=JobStatus.RUNNING, worker=job.worker),
+            status=JobStatus.FAILED, error=error, finished_at=timezone.now(), lease_expires_at=None,
+        )
+        if taken is not None:
+            _publish_on_commit(taken, "status", _record(taken, JobEventKind.STATUS, f"Failed: {error['message']}", data={"error": error}))
+
+
+def jobs_recover_expired_leases(*, limit: int = 200) -> int:
+    """Running jobs whose worker stopped renewing the lease (it died, or its machine did): take
+    them back. Heartbeat-based: a healthy long job keeps its lease however long it runs."""
+    expired = list(
+        Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=timezone.now()).order_by("lease_expires_at")[:limit]
+    )
+    for job in expired:
+        _lost_worker(job, f"Worker {job.worker} stopped answering (lease expired)")
+    return len(expired)
+
+
+def jobs_enforce_deadlines(*, limit: int = 200) -> int:
+    """Running jobs past their timeout plus the grace (the hard limit should have ended them), and
+    running jobs that ignored a cancel for longer than the grace: end them here, and have their
+    worker process terminated in case it is still at it."""
+    from .tasks import terminate_task  # tasks imports services
+
+    now = timezone.now()
+    ended = 0
+    cancel_cutoff = now - timedelta(seconds=_conf("CANCEL_GRACE"))
+    for job in Job.objects.filter(status=JobStatus.RUNNING, cancel_requested_at__lt=cancel_cutoff)[:limit]:
+        with transaction.atomic():
+            taken = _update(job.pk, Q(status=JobStatus.RUNNING, worker=job.worker), status=JobStatus.CANCELLED,
+                            finished_at=now, lease_expires_at=None)
+            if taken is None:
+                continue
+            note = f"Did not stop within {_conf('CANCEL_GRACE'):.0f} s of the cancel request; its process was terminated."
+            _publish_on_commit(taken, "status", _record(taken, JobEventKind.STATUS, note))
+            transaction.on_commit(partial(terminate_task, job.celery_task_id))
+            ended += 1
+    grace = timedelta(seconds=_conf("TIMEOUT_GRACE") * 2)
+    for job in Job.objects.filter(status=JobStatus.RUNNING, timeout__isnull=False, started_at__isnull=False)[:limit]:
+        if job.started_at + timedelta(seconds=job.timeout) + grace > now:
+            continue
+        error = {"type": "TimeoutError", "message": f"The job ran longer than its timeout of {job.timeout} s."}
+        with transaction.atomic():
+            taken = _update(job.pk, Q(status=JobStatus.RUNNING, worker=job.worker), status=JobStatus.FAILED,
+                            error=error, finished_at=now, lease_expires_at=None)
+            if taken is None:
+                continue
+            _publish_on_commit(taken, "status", _record(taken, JobEventKind.STATUS, f"Failed: {error['message']}", data={"error": error}))
+            transaction.on_commit(partial(terminate_task, job.celery_task_id))
+            ended += 1
+    return ended
+
+
+def jobs_release(job_ids: list[Any], *, worker: str) -> int:
+    """Give running jobs back (a worker shutting down): they go back to the queue at once,
+    without waiting for the lease to lapse. Returns how many."""
+    released = 0
+    for job in Job.objects.filter(pk__in=job_ids, status=JobStatus.RUNNING, worker=worker):
+        _lost_worker(job, f"Worker {worker} shut down before the job finished")
+        released += 1
+    return released

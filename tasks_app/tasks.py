@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from celery import shared_task
 
 from . import runner, services
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name="longrun.run_job", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -20,3 +23,14 @@ def run_job(self, job_id: str) -> str:
 def sweep() -> dict[str, int]:
     """Periodic maintenance (Celery beat): scheduled jobs, lost dispatches, old keys."""
     return services.sweep()
+
+
+def terminate_task(celery_task_id: str) -> None:
+    """Have the worker process running a task killed (a forced cancel or a blown deadline).
+    Best effort: if the broker is down the job has already been ended in the database."""
+    if not celery_task_id:
+        return
+    try:
+        run_job.app.control.revoke(celery_task_id, terminate=True, signal="SIGKILL")
+    except Exception:  # noqa: BLE001
+        logger.warning("could not ask workers to terminate task %s", celery_task_id, exc_info=True)

@@ -27,6 +27,7 @@ def pytest_load_initial_conftests(early_config, parser, args):
     os.environ.setdefault("LONGRUN_SWEEP_INTERVAL", "1")
     os.environ.setdefault("LONGRUN_DISPATCH_GRACE", "1")
     os.environ.setdefault("LONGRUN_PROGRESS_INTERVAL", "0.1")
+    os.environ.setdefault("LONGRUN_JOB_MODULES", "tests.fault_job_types")
     # Rate limits are tested on their own (tests/test_http.py); elsewhere they'd only get in the way.
     os.environ.setdefault("LONGRUN_THROTTLE_USER", "1000000/minute")
     os.environ.setdefault("LONGRUN_THROTTLE_ANON", "1000000/minute")

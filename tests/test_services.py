@@ -14,6 +14,7 @@ from datetime import timedelta
 from unittest import mock
 
 import pytest
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
@@ -437,7 +438,7 @@ def test_claim_moves_queued_to_running(user, published, commit):
     assert stored.started_at is not None
     assert stored.finished_at is None
     assert stored.progress == 0
-    expected_lease = stored.started_at + timedelta(seconds=60)
+    expected_lease = stored.started_at + timedelta(seconds=settings.LONGRUN["LEASE_SECONDS"])
     assert abs((stored.lease_expires_at - expected_lease).total_seconds()) < 1
     assert claimed.version == stored.version
 

@@ -144,6 +144,7 @@ for (const el of document.querySelectorAll("[data-count-for]")) counterEls.set(e
 const finishedTotal = document.querySelector("[data-finished-total]");
 const chartEl = document.querySelector("[data-chart]");
 let chart = null;
+const CHART_HEIGHT = 240;
 
 function showStats(stats) {
   const byStatus = stats.by_status || {};
@@ -173,10 +174,11 @@ function drawChart(series) {
   const width = Math.max(chartEl.clientWidth, 200);
   chart = new uPlot({
     width,
-    height: 200,
+    height: CHART_HEIGHT,
     legend: { show: false },
     cursor: { drag: { x: false, y: false }, points: { show: false } },
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(4, Math.ceil(max * 1.15))] } },
+    // Half a minute of room on each side, so the first and last bars are whole.
+    scales: { x: { time: true, range: (u, min, max) => [min - 30, max + 30] }, y: { range: (u, min, max) => [0, Math.max(4, Math.ceil(max * 1.15))] } },
     axes: [
       { stroke: "#59636e", grid: { show: false }, ticks: { stroke: "#d1d9e0" } },
       { stroke: "#59636e", grid: { stroke: "#eaeef2" }, ticks: { show: false }, size: 40,
@@ -196,7 +198,7 @@ function drawChart(series) {
   }, data, chartEl);
   new ResizeObserver(() => {
     const next = Math.max(chartEl.clientWidth, 200);
-    if (chart && Math.abs(next - chart.width) > 1) chart.setSize({ width: next, height: 200 });
+    if (chart && Math.abs(next - chart.width) > 1) chart.setSize({ width: next, height: CHART_HEIGHT });
   }).observe(chartEl);
 }
 
@@ -286,6 +288,7 @@ for (const counter of document.querySelectorAll(".counter")) {
 
 const COUNT_EVENTS = new Set(["created", "status", "resync"]);
 let flashIds = new Set();
+let snapshots = 0;
 
 const stream = new JobStream({
   url: urls.websocket,
@@ -312,7 +315,8 @@ const stream = new JobStream({
     }
     trim();
     render();
-    requestStats();
+    // The page came with fresh counts; after a reconnect they may be stale.
+    if (snapshots++ > 0) requestStats();
   },
   onError(message) {
     console.warn("live updates:", message.code, message.message);

@@ -30,6 +30,7 @@ const outcome = {
   tracebackBox: page.querySelector("[data-traceback-box]"),
 };
 let busy = false;
+let awaitingCancel = false; // a cancel was requested here and the job has not stopped yet
 
 // --- rendering ------------------------------------------------------------------------------
 
@@ -52,6 +53,13 @@ function renderField(el, value) {
     let pre = el.querySelector("pre");
     if (!pre) el.replaceChildren((pre = h("pre", { class: "code" })));
     setText(pre, JSON.stringify(value, null, 2));
+  } else if (format === "links") {
+    // The job's API URLs by name; those that answer GET are links.
+    const items = Object.entries(value).map(([name, url]) => h("li", {},
+      h("span", { class: "muted" }, name),
+      name === "self" || name === "events" ? h("a", { href: url }, h("code", {}, url)) : h("code", {}, url)));
+    const list = h("ul", { class: "links" }, ...items);
+    if (el.innerHTML !== list.outerHTML) el.replaceChildren(list);
   } else if (format === "time") {
     let time = el.querySelector("time");
     if (!time) el.replaceChildren((time = h("time")));
@@ -97,6 +105,10 @@ function render() {
   const cancelling = active && Boolean(job.cancel_requested_at);
   cancelButton.disabled = busy || cancelling;
   setText(cancelButton, cancelling ? "Cancel requested" : "Cancel");
+  if (awaitingCancel && !active) {
+    awaitingCancel = false;
+    setText(actionStatus, job.status === "cancelled" ? "Cancelled." : `It ${job.status} before the cancel reached it.`);
+  }
   retryButton.hidden = !(job.status === "failed" || job.status === "cancelled");
   retryButton.disabled = busy;
   document.title = `${statusLabel(job.status)} · ${job.type} ${job.id.slice(0, 8)} · Longrun`;
@@ -116,7 +128,6 @@ function eventItem(event) {
     h("time", { datetime: event.created_at, title: event.created_at }, clockTime(event.created_at)),
     h("span", { class: "log-kind", "data-status": event.status }, event.kind.replace("_", " ")),
     h("span", { class: "log-message" }, event.message || statusLabel(event.status)),
-    event.actor ? h("span", { class: "muted" }, ` · ${event.actor}`) : null,
   );
 }
 
@@ -182,7 +193,10 @@ async function act(kind, button) {
     apply(result.data);
     if (kind === "retry") setText(actionStatus, "Queued again as a new attempt.");
     else if (result.data.status === "cancelled") setText(actionStatus, "Cancelled.");
-    else setText(actionStatus, "Cancel requested: the job stops at its next check.");
+    else {
+      awaitingCancel = true;
+      setText(actionStatus, "Cancel requested: the job stops at its next check.");
+    }
     fetchEvents();
   } else {
     setText(actionStatus, "");
