@@ -107,7 +107,9 @@ class Stack:
         ]
         if concurrency:
             argv += ["--concurrency", str(concurrency)]
-        return self.start(name, argv)
+        # SIGTERM becomes Celery's soft shutdown: running jobs get CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT
+        # seconds to finish, then the worker stops and their jobs go back to the queue (lease).
+        return self.start(name, argv, env={"REMAP_SIGTERM": "SIGQUIT"})
 
     def start_beat(self, schedule_file: Path) -> Child:
         argv = [sys.executable, "-m", "celery", "-A", "project", "beat", "--loglevel", "INFO", "-s", str(schedule_file)]

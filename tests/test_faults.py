@@ -157,3 +157,25 @@ def test_a_non_retryable_error_fails_at_once(cluster, user):
     job = submit(user, "fail", params={"error": "ValueError"}, max_attempts=3)
     done = terminal(job.pk)
     assert done.status == JobStatus.FAILED and done.attempts == 1
+
+
+def test_sigterm_lets_short_jobs_finish_and_gives_long_ones_back(cluster, user):
+    cluster.env["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"] = "2"
+    first = cluster.start_ready_worker("stopping", queues=[JOB_QUEUE], concurrency=2)
+    old = next(child for child in cluster.children if child.name == "worker")
+    cluster.stop(old)  # only "stopping" takes jobs now
+    short = submit(user, "sleep", params={"seconds": 1, "steps": 2})
+    long = submit(user, "sleep", params={"seconds": 8, "steps": 8})
+    wait_for(
+        lambda: Job.objects.filter(pk__in=[short.pk, long.pk], status=JobStatus.RUNNING).count() == 2,
+        what="both jobs running",
+    )
+    first.process.send_signal(signal.SIGTERM)  # warm shutdown, then soft shutdown after 2 s
+    first.process.wait(60)
+    assert terminal(short.pk).status == JobStatus.SUCCEEDED
+    cluster.start_ready_worker("after", queues=[JOB_QUEUE], concurrency=2)
+    done = terminal(long.pk, timeout=90)
+    assert done.status == JobStatus.SUCCEEDED
+    assert done.attempts == 2
+    assert completions(done) == 1 and completions(Job.objects.get(pk=short.pk)) == 1
+    assert not Job.objects.filter(status=JobStatus.RUNNING).exists()

@@ -1016,7 +1016,9 @@ def test_concurrent_claims_exactly_one_wins(user):
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_succeed_and_cancel_agree(user):
-    for _ in range(3):
+    """Cancel racing completion, many times: exactly one terminal state, and the history says
+    the same (one terminal entry, matching the row)."""
+    for _ in range(25):
         job = running_job(user)
 
         def act(i, job=job):
@@ -1037,3 +1039,5 @@ def test_concurrent_succeed_and_cancel_agree(user):
         seqs = [seq for seq, _, _ in history(job)]
         assert seqs == sorted(set(seqs))
         assert seqs[-1] == stored.version
+        terminal_entries = [status for _, _, status in history(job) if status in ("succeeded", "failed", "cancelled")]
+        assert terminal_entries == [stored.status]

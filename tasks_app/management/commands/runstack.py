@@ -28,7 +28,8 @@ class Command(BaseCommand):
         self.stdout.write("Longrun is starting.")
         call_command("ensureadmin", stdout=self.stdout)
 
-        stack = Stack(env=dict(os.environ), cwd=settings.BASE_DIR)
+        # A worker's shutdown grace is ours: jobs still running after it go back to the queue.
+        stack = Stack(env={**os.environ, "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": str(shutdown_grace)}, cwd=settings.BASE_DIR)
         stopping = {"asked": 0}
 
         def on_signal(signum, frame):
@@ -73,5 +74,5 @@ class Command(BaseCommand):
         by_name = {child.name: child for child in stack.children}
         for name in ("daphne", "beat", "maintenance", "worker", "redis"):
             if name in by_name:
-                stack.stop(by_name[name], timeout=grace if name == "worker" else 15)
+                stack.stop(by_name[name], timeout=grace + 15 if name == "worker" else 15)
         stack.stop_all()
