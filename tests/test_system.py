@@ -25,6 +25,8 @@ def system(stack, tmp_path, free_tcp_port):
     redis_port = free_port()
     redis = stack.start_redis(redis_port, tmp_path / "redis", persistent=False)
     stack.env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    # Short leases and sweeps, so recovery happens within the test's patience.
+    stack.env.update({"LONGRUN_LEASE_SECONDS": "4", "LONGRUN_HEARTBEAT_SECONDS": "1", "LONGRUN_SWEEP_INTERVAL": "1"})
     stack.start_ready_worker("worker", queues=[JOB_QUEUE], concurrency=2)
     stack.start_ready_worker("maintenance", queues=[MAINTENANCE_QUEUE], pool="solo")
     stack.start_beat(tmp_path / "beat-schedule")
@@ -98,3 +100,115 @@ def test_higher_priority_runs_first_when_the_worker_is_busy(stack, tmp_path, fre
     )
     started = {str(j.pk): j.started_at for j in Job.objects.filter(pk__in=[*low, high])}
     assert all(started[high] < started[job_id] for job_id in low), started
+
+
+def test_a_hundred_jobs_submitted_while_redis_is_down_all_run_exactly_once(system, user):
+    stack = system["stack"]
+    headers = {"Authorization": f"Token {Token.objects.create(user=user).key}"}
+    stack.stop(system["redis"])
+    session = requests.Session()
+    ids, slowest = [], 0.0
+    for n in range(100):
+        started = time.monotonic()
+        response = session.post(
+            f"{system['base']}/api/jobs/", json={"type": "sleep", "params": {"seconds": 0}, "metadata": {"n": str(n)}},
+            headers=headers, timeout=10,
+        )
+        slowest = max(slowest, time.monotonic() - started)
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+    assert slowest < 2.0, f"a submission took {slowest:.2f}s with Redis down"
+    # The rest of the API works without Redis too.
+    assert session.get(f"{system['base']}/api/jobs/{ids[0]}/", headers=headers, timeout=10).status_code == 200
+    assert session.get(f"{system['base']}/api/stats/", headers=headers, timeout=10).status_code == 200
+
+    stack.start_redis(system["redis_port"], system["redis_dir"], persistent=False)
+    wait_for(
+        lambda: Job.objects.filter(pk__in=ids, status=JobStatus.SUCCEEDED).count() == 100,
+        timeout=120,
+        what="all 100 jobs to run once Redis is back",
+    )
+    jobs = Job.objects.filter(pk__in=ids)
+    assert {job.attempts for job in jobs} == {1}
+    from tasks_app.models import JobEvent
+
+    assert JobEvent.objects.filter(job__in=ids, kind="status", status="succeeded").count() == 100
+    assert JobEvent.objects.filter(job__in=ids, kind="status", status="running").count() == 100
+
+
+def test_restarting_redis_while_a_job_runs(system, user):
+    """The job still ends correctly, and the worker takes new jobs within a minute."""
+    stack = system["stack"]
+    headers = {"Authorization": f"Token {Token.objects.create(user=user).key}"}
+    submit = lambda body: requests.post(f"{system['base']}/api/jobs/", json=body, headers=headers, timeout=10).json()["id"]  # noqa: E731
+    job_id = submit({"type": "sleep", "params": {"seconds": 4, "steps": 4}})
+    wait_for(lambda: Job.objects.get(pk=job_id).status == JobStatus.RUNNING, what="running")
+    stack.stop(system["redis"])
+    time.sleep(1)
+    stack.start_redis(system["redis_port"], system["redis_dir"], persistent=False)
+    restarted = time.monotonic()
+    job = wait_for(lambda: (j := Job.objects.get(pk=job_id)).is_terminal and j, timeout=120, what="the job to end")
+    assert job.status == JobStatus.SUCCEEDED
+    from tasks_app.models import JobEvent
+
+    assert JobEvent.objects.filter(job=job, kind="status", status="succeeded").count() == 1
+    after = submit({"type": "sleep", "params": {"seconds": 0}})
+    try:
+        wait_for(lambda: Job.objects.get(pk=after).status == JobStatus.SUCCEEDED, timeout=60, what="a new job to run")
+    except BaseException:
+        print(Job.objects.filter(pk=after).values("status", "dispatched_at").first())
+        for name in ("worker", "maintenance", "beat", "daphne"):
+            print(f"===== {name}\n{stack.log_tail(name, 3000)}")
+        raise
+    assert time.monotonic() - restarted < 120
+
+
+@pytest.mark.faults
+def test_restarting_postgresql_while_jobs_run(system, user):
+    """Jobs end correctly and the API answers again, with nothing restarted but PostgreSQL."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from django.db import connection
+
+    if connection.vendor != "postgresql" or not shutil.which("pg_ctlcluster"):
+        pytest.skip("needs the machine's PostgreSQL cluster (CI runs it)")
+    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
+    headers = {"Authorization": f"Token {Token.objects.create(user=user).key}"}
+    base = system["base"]
+    ids = [
+        requests.post(f"{base}/api/jobs/", json={"type": "sleep", "params": {"seconds": 3, "steps": 6}}, headers=headers, timeout=10).json()["id"]
+        for _ in range(2)
+    ]
+    wait_for(lambda: Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING).count() == 2, what="both running")
+    connection.close()
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=120,
+        capture_output=True,
+    )
+    connection.close()
+
+    def api_answers():
+        try:
+            return requests.get(f"{base}/api/jobs/", headers=headers, timeout=10).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(api_answers, timeout=60, what="the API to answer again")
+
+    def all_ended():
+        try:
+            return Job.objects.filter(pk__in=ids, status=JobStatus.SUCCEEDED).count() == 2
+        except Exception:
+            connection.close()
+            return False
+
+    wait_for(all_ended, timeout=120, what="both jobs to succeed after the restart")
+    from tasks_app.models import JobEvent
+
+    for job_id in ids:
+        assert JobEvent.objects.filter(job_id=job_id, kind="status", status="succeeded").count() == 1
+    # Workers keep taking jobs without a restart of their own.
+    after = requests.post(f"{base}/api/jobs/", json={"type": "sleep", "params": {"seconds": 0}}, headers=headers, timeout=10).json()["id"]
+    wait_for(lambda: Job.objects.get(pk=after).status == JobStatus.SUCCEEDED, timeout=60, what="a new job to run")
