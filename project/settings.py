@@ -255,6 +255,16 @@ LONGRUN = {
     # Retry backoff for retryable errors: base * 2**(attempt-1), capped, with full jitter. Seconds.
     "RETRY_BACKOFF_BASE": env_float("LONGRUN_RETRY_BACKOFF_BASE", 2.0),
     "RETRY_BACKOFF_MAX": env_float("LONGRUN_RETRY_BACKOFF_MAX", 600.0),
+    # Webhooks: total seconds per delivery attempt (at most 15), host names allowed to resolve to
+    # private addresses (development and tests only; empty by default), and how long a rotated
+    # signing secret stays valid.
+    "WEBHOOK_TIMEOUT": min(env_float("LONGRUN_WEBHOOK_TIMEOUT", 15.0), 15.0),
+    "WEBHOOK_ALLOWED_PRIVATE_HOSTS": [h.lower() for h in env_list("LONGRUN_WEBHOOK_ALLOWED_PRIVATE_HOSTS", [])],
+    "WEBHOOK_SECRET_GRACE": env_int("LONGRUN_WEBHOOK_SECRET_GRACE", 24 * 3600),
+    # Seconds between delivery attempts after a failure (with +-20% jitter): about a day in all.
+    "WEBHOOK_RETRY_SCHEDULE": [
+        float(x) for x in env_list("LONGRUN_WEBHOOK_RETRY_SCHEDULE", "5,30,120,600,1800,3600,7200,14400,28800,28800".split(","))
+    ],
     # Extra modules with @job_type functions, imported at start-up (comma-separated).
     "JOB_MODULES": env_list("LONGRUN_JOB_MODULES", []),
     # How often the maintenance sweep runs (dispatch, lease expiry, scheduled jobs), seconds.
@@ -325,7 +335,11 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 
-CELERY_TASK_ROUTES = {"longrun.sweep": {"queue": "longrun.maintenance"}}
+CELERY_TASK_ROUTES = {
+    "longrun.sweep": {"queue": "longrun.maintenance"},
+    # Webhooks have their own queue and worker: a slow receiver never holds a job worker.
+    "longrun.deliver_webhook": {"queue": "longrun.webhooks"},
+}
 CELERY_BEAT_SCHEDULE = {
     "longrun-sweep": {
         "task": "longrun.sweep",

@@ -25,7 +25,7 @@ from django.utils.translation import ngettext
 from . import registry, services
 from .exceptions import JobStateError, JobValidationError
 from .filters import MetadataFilterField
-from .models import Job, JobEvent, JobStatus
+from .models import DeliveryStatus, Job, JobEvent, JobStatus, WebhookAttempt, WebhookDelivery
 
 # Counting past this many matching rows is not worth a full scan: the page count becomes "at least".
 COUNT_CAP = 10_000
@@ -76,6 +76,21 @@ class JobEventInline(admin.TabularInline):
         return False
 
 
+class WebhookDeliveryInline(admin.TabularInline):
+    model = WebhookDelivery
+    extra = 0
+    can_delete = False
+    fields = ["n", "event_type", "status", "attempts", "last_status_code", "last_error", "next_attempt_at", "delivered_at"]
+    readonly_fields = fields
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 def _pretty_json(value: Any) -> str:
     if value in (None, {}, []):
         return "—"
@@ -97,7 +112,7 @@ class JobAdmin(admin.ModelAdmin):
     show_full_result_count = False  # no second COUNT(*) of the whole table per page
     search_help_text = "A job id, a type, or metadata as key:value."
     search_fields = ["type"]  # the real work is in get_search_results
-    inlines = [JobEventInline]
+    inlines = [JobEventInline, WebhookDeliveryInline]
     actions = ["cancel_selected", "retry_selected", "rerun_selected"]
     fieldsets = [
         (None, {"fields": ["id", "type", "owner", "status_badge", "progress_bar", "progress_message"]}),
@@ -241,3 +256,64 @@ class JobAdmin(admin.ModelAdmin):
             request, queryset, lambda job_id: services.job_rerun(job_id, actor=request.user),
             done="Submitted a new run of", verb="re-run",
         )
+
+
+class FailingDeliveryFilter(admin.SimpleListFilter):
+    title = "health"
+    parameter_name = "failing"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Failing (retrying, failed or gone)")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "yes":
+            return queryset.filter(attempts__gt=0).exclude(status=DeliveryStatus.SUCCEEDED)
+        return queryset
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    model = WebhookAttempt
+    extra = 0
+    can_delete = False
+    fields = ["started_at", "duration_ms", "status_code", "error", "response_body"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    list_display = ["webhook_id", "job", "event_type", "status", "attempts", "last_status_code", "next_attempt_at", "created_at"]
+    list_filter = [FailingDeliveryFilter, "status", "event_type"]
+    list_select_related = ["job"]
+    search_fields = ["=webhook_id", "url"]
+    ordering = ["-created_at"]
+    readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
+    inlines = [WebhookAttemptInline]
+    actions = ["redeliver_selected"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None:
+            return False
+        return super().has_change_permission(request)
+
+    @admin.action(description="Redeliver selected (same webhook-id)", permissions=["change"])
+    def redeliver_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        done, busy = 0, 0
+        for delivery_id in queryset.values_list("pk", flat=True):
+            try:
+                services.webhook_redeliver(delivery_id)
+                done += 1
+            except JobStateError:
+                busy += 1
+        if done:
+            self.message_user(request, f"Queued {done} delivery(ies) again.", messages.SUCCESS)
+        if busy:
+            self.message_user(request, f"{busy} could not be: being sent right now.", messages.WARNING)

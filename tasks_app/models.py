@@ -140,3 +140,76 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.owner_id}:{self.key}"
+
+
+class SigningSecret(models.Model):
+    """A user's webhook signing secret (Standard Webhooks format, `whsec_` + base64). Rotating
+    adds a new one; the previous stays valid until `expires_at`, and deliveries carry both
+    signatures meanwhile."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    secret = models.CharField(max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["owner", "-created_at"], name="secret_owner_created_idx")]
+
+    def __str__(self) -> str:
+        return f"signing secret of {self.owner_id} ({self.created_at:%Y-%m-%d})"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENDING = "sending", "Sending"
+    SUCCEEDED = "succeeded", "Delivered"
+    FAILED = "failed", "Failed"
+    GONE = "gone", "Gone (410)"
+
+
+class WebhookDelivery(models.Model):
+    """One event for one job's callback_url: an outbox row, written in the same transaction as
+    the job state it reports. Its `webhook_id` stays the same across every retry."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="deliveries")
+    n = models.PositiveIntegerField(help_text="1, 2, ... per job.")
+    event_type = models.CharField(max_length=40)
+    webhook_id = models.CharField(max_length=64, unique=True)
+    url = models.URLField(max_length=2000)
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # A sender holds a delivery until then; a crashed sender's claim lapses.
+    locked_until = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "n"]
+        constraints = [models.UniqueConstraint(fields=["job", "n"], name="delivery_job_n_unique")]
+        indexes = [
+            models.Index(fields=["next_attempt_at"], name="delivery_due_idx", condition=Q(status="pending")),
+            models.Index(fields=["status", "-created_at"], name="delivery_status_idx"),
+        ]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event_type} #{self.n} of {self.job_id} ({self.status})"
+
+
+class WebhookAttempt(models.Model):
+    """One try at sending a delivery: when, what came back, how long it took."""
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log")
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True, default="")
+    response_body = models.TextField(blank=True, default="", help_text="The first 1 KiB.")
+
+    class Meta:
+        ordering = ["delivery", "started_at"]

@@ -11,7 +11,7 @@ from django.db.models import Count, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from .models import Job, JobEvent, JobStatus
+from .models import Job, JobEvent, JobStatus, WebhookDelivery
 
 
 def job_list_visible(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Job]:
@@ -34,6 +34,10 @@ def job_events(job: Job, *, after: int | None = None) -> QuerySet[JobEvent]:
     if after is not None:
         events = events.filter(seq__gt=after)
     return events
+
+
+def job_deliveries(job: Job) -> QuerySet[WebhookDelivery]:
+    return WebhookDelivery.objects.filter(job=job).select_related("job").prefetch_related("attempt_log").order_by("n")
 
 
 def job_cancel_requested(job_id: Any) -> bool:

@@ -243,3 +243,36 @@ class JobTypeSerializer(serializers.Serializer):
     description = serializers.CharField()
     params_schema = serializers.JSONField()
 
+
+
+class WebhookAttemptSerializer(serializers.Serializer):
+    started_at = serializers.DateTimeField()
+    duration_ms = serializers.IntegerField()
+    status_code = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField()
+    response_body = serializers.CharField(help_text="The first 1 KiB of the receiver's answer.")
+
+
+class WebhookDeliverySerializer(serializers.Serializer):
+    n = serializers.IntegerField(help_text="1, 2, ... per job; use it to redeliver.")
+    event_type = serializers.CharField()
+    webhook_id = serializers.CharField(help_text="The `webhook-id` header; the same on every retry.")
+    url = serializers.CharField()
+    status = serializers.CharField(help_text="pending, sending, succeeded, failed or gone (the receiver answered 410).")
+    attempts = serializers.IntegerField()
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
+    last_status_code = serializers.IntegerField(allow_null=True)
+    last_error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    delivered_at = serializers.DateTimeField(allow_null=True)
+    attempt_log = WebhookAttemptSerializer(many=True, help_text="Every attempt, oldest first.")
+
+
+class SigningSecretSerializer(serializers.Serializer):
+    secret = serializers.CharField(help_text="whsec_... (Standard Webhooks); sign-verification key.")
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True, help_text="Set on a rotated-out secret: valid until then.")
+
+
+class SigningSecretsSerializer(serializers.Serializer):
+    secrets = SigningSecretSerializer(many=True, help_text="Valid secrets, newest first; deliveries are signed with each.")

@@ -25,13 +25,24 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Max, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from . import events, registry
+from . import events, registry, webhooks
+from .stack import WEBHOOK_QUEUE
 from .exceptions import IdempotencyConflict, JobStateError, JobValidationError
-from .models import IdempotencyKey, Job, JobEvent, JobEventKind, JobStatus
+from .models import (
+    DeliveryStatus,
+    IdempotencyKey,
+    Job,
+    JobEvent,
+    JobEventKind,
+    JobStatus,
+    SigningSecret,
+    WebhookAttempt,
+    WebhookDelivery,
+)
 from .serializers import JobEventSerializer, serialize_job
 
 logger = logging.getLogger(__name__)
@@ -90,6 +101,8 @@ def _publish_on_commit(job: Job, event: str, entry: JobEvent | None = None) -> N
     message = events.job_message(serialize_job(job), event)
     if entry is not None:
         message["entry"] = events.plain(JobEventSerializer(entry).data)
+    if event == "status" and job.is_terminal:
+        _webhook_outbox(job, message["job"])
     transaction.on_commit(partial(events.publish_job_message, job.owner_id, message))
 
 
@@ -155,8 +168,13 @@ def job_validate(
         errors["timeout"] = [f"Must be between 1 and {_conf('MAX_TIMEOUT')} seconds."]
     if run_at is not None and timezone.is_naive(run_at):
         errors["run_at"] = ["Must include a time zone (for example 2030-01-01T12:00:00Z)."]
-    if callback_url and urlsplit(callback_url).scheme not in ("http", "https"):
-        errors["callback_url"] = ["Must be an http or https URL."]
+    if callback_url:
+        try:
+            webhooks.check_url(callback_url)
+        except webhooks.UnresolvableURL:
+            pass  # undecidable now (DNS may be down); checked again before every delivery
+        except webhooks.UnsafeURL as exc:
+            errors["callback_url"] = [str(exc)]
     metadata = {} if metadata is None else metadata
     errors.update(_metadata_errors(metadata))
     for name, value in (("params", params), ("metadata", metadata), ("callback_url", callback_url)):
@@ -388,6 +406,7 @@ def idempotency_keys_purge() -> int:
 def sweep() -> dict[str, int]:
     """Periodic maintenance, run by Celery beat on the maintenance queue."""
     return {
+        "webhooks": webhooks_dispatch_due(),
         "recovered": jobs_recover_expired_leases(),
         "ended": jobs_enforce_deadlines(),
         "promoted": jobs_promote_scheduled(),
@@ -761,3 +780,143 @@ def jobs_release(job_ids: list[Any], *, worker: str) -> int:
         _lost_worker(job, f"Worker {worker} shut down before the job finished")
         released += 1
     return released
+
+
+
+# --- webhooks -------------------------------------------------------------------------------
+
+WEBHOOK_EVENTS = {
+    JobStatus.SUCCEEDED: "job.succeeded",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELLED: "job.cancelled",
+}
+
+
+def _webhook_outbox(job: Job, job_data: dict[str, Any]) -> None:
+    """In the transaction that ends a job with a callback_url: the delivery row (an outbox),
+    sent after commit and, if that is lost, by the sweep."""
+    event_type = WEBHOOK_EVENTS.get(job.status)
+    if not job.callback_url or event_type is None:
+        return
+    gone = WebhookDelivery.objects.filter(
+        job__owner_id=job.owner_id, url=job.callback_url, status=DeliveryStatus.GONE
+    ).exists()
+    if gone:
+        return  # the receiver answered 410 Gone: no more deliveries to that URL
+    n = (WebhookDelivery.objects.filter(job=job).aggregate(last=Max("n"))["last"] or 0) + 1
+    now = timezone.now()
+    delivery = WebhookDelivery.objects.create(
+        job=job, n=n, event_type=event_type, webhook_id=f"msg_{uuid.uuid4().hex}", url=job.callback_url,
+        payload={"type": event_type, "timestamp": now.isoformat().replace("+00:00", "Z"), "data": job_data},
+        next_attempt_at=now, locked_until=now + timedelta(seconds=60),
+    )
+    transaction.on_commit(partial(webhooks_dispatch, [delivery.pk]))
+
+
+def webhooks_dispatch(delivery_ids: list[Any]) -> int:
+    """Queue delivery tasks (on their own queue). A lost message is re-sent by the sweep once
+    the delivery's `locked_until` has passed."""
+    from .tasks import deliver_webhook
+
+    sent = 0
+    for delivery_id in delivery_ids:
+        try:
+            deliver_webhook.apply_async(args=[delivery_id], queue=WEBHOOK_QUEUE, retry=False)
+            sent += 1
+        except Exception as exc:  # broker down: the sweep tries again
+            logger.warning("webhook delivery %s deferred to the sweep: %s", delivery_id, exc)
+            break
+    return sent
+
+
+def webhooks_dispatch_due(*, limit: int = 500) -> int:
+    """The sweep's part: pending deliveries that are due and not waiting in the queue already,
+    and deliveries whose sender vanished mid-attempt."""
+    now = timezone.now()
+    WebhookDelivery.objects.filter(status=DeliveryStatus.SENDING, locked_until__lt=now).update(
+        status=DeliveryStatus.PENDING, locked_until=None
+    )
+    due = list(
+        WebhookDelivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
+        .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    if not due:
+        return 0
+    WebhookDelivery.objects.filter(pk__in=due).update(locked_until=now + timedelta(seconds=60))
+    return webhooks_dispatch(due)
+
+
+def webhook_claim(delivery_id: Any) -> WebhookDelivery | None:
+    """pending (and due) -> sending for one sender; None if another has it or it is not due."""
+    now = timezone.now()
+    hold = now + timedelta(seconds=_conf("WEBHOOK_TIMEOUT") + 30)
+    claimed = WebhookDelivery.objects.filter(
+        pk=delivery_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now
+    ).update(status=DeliveryStatus.SENDING, locked_until=hold)
+    if not claimed:
+        return None
+    return WebhookDelivery.objects.select_related("job").get(pk=delivery_id)
+
+
+def webhook_record_attempt(delivery: WebhookDelivery, outcome: webhooks.Outcome, *, started_at: datetime) -> WebhookDelivery:
+    """Record one attempt and decide what comes next: delivered (2xx), gone for good (410: no
+    more deliveries to that URL), another try after a backoff, or failed after the schedule."""
+    schedule = _conf("WEBHOOK_RETRY_SCHEDULE")
+    code = outcome.status_code
+    with transaction.atomic():
+        WebhookAttempt.objects.create(
+            delivery=delivery, started_at=started_at, duration_ms=outcome.duration_ms, status_code=code,
+            error=outcome.error[:500], response_body=storable_text(outcome.body)[:1024],
+        )
+        attempts = delivery.attempts + 1
+        changes: dict[str, Any] = {
+            "attempts": attempts, "last_status_code": code, "last_error": outcome.error[:500], "locked_until": None,
+        }
+        if code is not None and 200 <= code < 300:
+            changes.update(status=DeliveryStatus.SUCCEEDED, delivered_at=timezone.now(), next_attempt_at=None)
+        elif code == 410:
+            changes.update(status=DeliveryStatus.GONE, next_attempt_at=None)
+            WebhookDelivery.objects.filter(
+                job__owner_id=delivery.job.owner_id, url=delivery.url, status=DeliveryStatus.PENDING
+            ).exclude(pk=delivery.pk).update(status=DeliveryStatus.GONE, next_attempt_at=None)
+        elif attempts > len(schedule):
+            changes.update(status=DeliveryStatus.FAILED, next_attempt_at=None)
+        else:
+            delay = schedule[attempts - 1] * random.uniform(0.8, 1.2)
+            changes.update(status=DeliveryStatus.PENDING, next_attempt_at=timezone.now() + timedelta(seconds=delay))
+        WebhookDelivery.objects.filter(pk=delivery.pk, status=DeliveryStatus.SENDING).update(**changes)
+    delivery.refresh_from_db()
+    return delivery
+
+
+def webhook_redeliver(delivery_id: Any) -> WebhookDelivery:
+    """Send a delivery again now (same webhook-id). JobStateError while it is being sent."""
+    now = timezone.now()
+    with transaction.atomic():
+        changed = WebhookDelivery.objects.filter(pk=delivery_id).exclude(status=DeliveryStatus.SENDING).update(
+            status=DeliveryStatus.PENDING, next_attempt_at=now, locked_until=now + timedelta(seconds=60)
+        )
+        if not changed:
+            raise JobStateError("This delivery is being sent right now; try again in a moment.")
+        transaction.on_commit(partial(webhooks_dispatch, [delivery_id]))
+    return WebhookDelivery.objects.get(pk=delivery_id)
+
+
+def signing_secrets(owner: AbstractBaseUser) -> list[SigningSecret]:
+    """The user's valid signing secrets, newest first; the first is created on first use."""
+    now = timezone.now()
+    valid = list(SigningSecret.objects.filter(owner=owner).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)))
+    if not valid:
+        valid = [SigningSecret.objects.create(owner=owner, secret=webhooks.new_secret())]
+    return valid
+
+
+def signing_secret_rotate(owner: AbstractBaseUser) -> list[SigningSecret]:
+    """A new secret; the current ones stay valid for LONGRUN_WEBHOOK_SECRET_GRACE seconds."""
+    with transaction.atomic():
+        grace = timezone.now() + timedelta(seconds=_conf("WEBHOOK_SECRET_GRACE"))
+        SigningSecret.objects.filter(owner=owner).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=grace)).update(expires_at=grace)
+        SigningSecret.objects.create(owner=owner, secret=webhooks.new_secret())
+    return signing_secrets(owner)

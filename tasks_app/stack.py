@@ -18,6 +18,7 @@ from pathlib import Path
 
 JOB_QUEUE = "longrun.jobs"
 MAINTENANCE_QUEUE = "longrun.maintenance"
+WEBHOOK_QUEUE = "longrun.webhooks"
 
 
 def free_port() -> int:

@@ -7,7 +7,7 @@ import os
 
 from celery import shared_task
 
-from . import runner, services
+from . import runner, services, webhook_sender
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,13 @@ def run_job(self, job_id: str) -> str:
 def sweep() -> dict[str, int]:
     """Periodic maintenance (Celery beat): scheduled jobs, lost dispatches, old keys."""
     return services.sweep()
+
+
+@shared_task(name="longrun.deliver_webhook", ignore_result=True, acks_late=True)
+def deliver_webhook(delivery_id: int) -> str:
+    """Send one webhook delivery attempt (its own queue and worker). Safe to deliver twice:
+    only one sender claims a due delivery."""
+    return webhook_sender.send(delivery_id)
 
 
 def terminate_task(celery_task_id: str) -> None:

@@ -38,7 +38,9 @@ from .serializers import (
     JobSerializer,
     JobTypeSerializer,
     ProblemSerializer,
+    SigningSecretsSerializer,
     StatsSerializer,
+    WebhookDeliverySerializer,
 )
 
 UUID_PATTERN = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
@@ -339,6 +341,24 @@ class JobViewSet(ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.R
             frames.append(sse.frame(id=f"{job.pk}:{job.version}", event="job", data=data, retry=sse.RETRY_MS))
         return Response(frames, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    @extend_schema(responses={200: WebhookDeliverySerializer(many=True), **problems(401, 404, 429)})
+    @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
+    def deliveries(self, request: Request, pk: str) -> Response:
+        """The job's webhook deliveries to its callback_url, each with every attempt."""
+        deliveries = selectors.job_deliveries(self.get_object())
+        return Response(WebhookDeliverySerializer(deliveries, many=True).data)
+
+    @extend_schema(request=None, responses={202: WebhookDeliverySerializer, **problems(401, 404, 409, 429)})
+    @action(
+        detail=True, methods=["post"], url_path=r"deliveries/(?P<n>[0-9]{1,9})/redeliver",
+        filterset_class=None, pagination_class=None,
+    )
+    def redeliver(self, request: Request, pk: str, n: str) -> Response:
+        """Send a delivery again now, with the same webhook-id."""
+        delivery = get_object_or_404(selectors.job_deliveries(self.get_object()), n=int(n))
+        services.webhook_redeliver(delivery.pk)
+        return Response(WebhookDeliverySerializer(selectors.job_deliveries(delivery.job).get(pk=delivery.pk)).data, status=status.HTTP_202_ACCEPTED)
+
     @extend_schema(request=None, responses={200: JobSerializer, **problems(401, 404, 409, 429)})
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str) -> Response:
@@ -424,6 +444,25 @@ class JobTypeListView(ThrottleBeforePermissionsMixin, APIView):
             for jt in registry.all_job_types()
         ]
         return Response(JobTypeSerializer(types, many=True).data)
+
+
+class SigningSecretView(ThrottleBeforePermissionsMixin, APIView):
+    throttle_classes = [UserThrottle, AnonThrottle]
+
+    @extend_schema(responses={200: SigningSecretsSerializer, **problems(401, 429)})
+    def get(self, request: Request) -> Response:
+        """My webhook signing secrets (created on first use): verify deliveries with any of them."""
+        return Response(SigningSecretsSerializer({"secrets": services.signing_secrets(request.user)}).data)
+
+
+class SigningSecretRotateView(ThrottleBeforePermissionsMixin, APIView):
+    throttle_classes = [UserThrottle, AnonThrottle]
+
+    @extend_schema(request=None, responses={200: SigningSecretsSerializer, **problems(401, 429)})
+    def post(self, request: Request) -> Response:
+        """A new signing secret. The previous one stays valid for a grace period (24 h), and
+        deliveries carry a signature for each valid secret meanwhile."""
+        return Response(SigningSecretsSerializer({"secrets": services.signing_secret_rotate(request.user)}).data)
 
 
 class StatsView(ThrottleBeforePermissionsMixin, APIView):

@@ -359,7 +359,15 @@ def test_invalid_callback_url_is_400(api, url):
     assert Job.objects.count() == 0
 
 
-@pytest.mark.parametrize("url", ["https://hooks.example.com/longrun?x=1", "http://127.0.0.1:9000/cb"])
+def test_a_loopback_callback_url_is_refused_unless_its_host_is_allowed(api, settings):
+    """SSRF guard (the webhooks tests have the full matrix); a named host can be allowed for
+    development."""
+    assert_invalid(post_job(api, {"type": "sleep", "callback_url": "http://127.0.0.1:9000/cb"}), "callback_url")
+    settings.LONGRUN = {**settings.LONGRUN, "WEBHOOK_ALLOWED_PRIVATE_HOSTS": ["127.0.0.1"]}
+    assert post_job(api, {"type": "sleep", "callback_url": "http://127.0.0.1:9000/cb"}).status_code == 202
+
+
+@pytest.mark.parametrize("url", ["https://hooks.example.com/longrun?x=1"])
 def test_callback_url_is_stored(api, url):
     response = post_job(api, {"type": "sleep", "callback_url": url})
     assert response.status_code == 202, response.content

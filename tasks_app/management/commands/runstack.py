@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE, Stack, free_port
+from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE, Stack, free_port
 
 
 class Command(BaseCommand):
@@ -47,6 +47,8 @@ class Command(BaseCommand):
                 self.stdout.write(f"  Redis:       {stack.env['REDIS_URL']} (started here, data in var/redis)")
             stack.start_worker("worker", queues=[JOB_QUEUE])
             stack.start_worker("maintenance", queues=[MAINTENANCE_QUEUE], pool="solo")
+            # Webhook deliveries wait on the network: threads, not processes, and their own queue.
+            stack.start_worker("webhooks", queues=[WEBHOOK_QUEUE], pool="threads", concurrency=8)
             stack.start_beat(settings.VAR_DIR / "celerybeat-schedule")
             stack.start_daphne(port, host=host)
             base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -72,7 +74,7 @@ class Command(BaseCommand):
 
     def _stop(self, stack: Stack, grace: float) -> None:
         by_name = {child.name: child for child in stack.children}
-        for name in ("daphne", "beat", "maintenance", "worker", "redis"):
+        for name in ("daphne", "beat", "maintenance", "webhooks", "worker", "redis"):
             if name in by_name:
                 stack.stop(by_name[name], timeout=grace + 15 if name == "worker" else 15)
         stack.stop_all()

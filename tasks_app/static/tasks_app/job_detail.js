@@ -1,6 +1,6 @@
-// The job page: every field of the job kept live over the WebSocket, its log (the job's events,
-// fetched with ?after=<last seq> whenever a live message for it arrives), the outcome, and the
-// Cancel / Retry buttons, which call the REST API.
+// The job page: every field of the job kept live over the WebSocket, its log (the job's events:
+// the history entry a live message carries when no message was missed before it, else fetched
+// with ?after=<last seq>), the outcome, and the Cancel / Retry buttons, which call the REST API.
 
 import { JobStream } from "./live.js";
 import {
@@ -131,24 +131,31 @@ function eventItem(event) {
   );
 }
 
+const shownSeqs = new Set();
+
+/** Add events to the log in seq order (answers and live entries may cross), each once. */
 function appendEvents(events) {
   const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 24;
   for (const event of events) {
-    if (event.seq <= lastSeq) continue;
-    log.append(eventItem(event));
-    lastSeq = event.seq;
+    if (shownSeqs.has(event.seq)) continue;
+    shownSeqs.add(event.seq);
+    const item = eventItem(event);
+    if (event.seq > lastSeq) {
+      log.append(item);
+      lastSeq = event.seq;
+    } else {
+      const next = [...log.children].find((li) => Number(li.dataset.seq) > event.seq);
+      log.insertBefore(item, next || null);
+    }
   }
   if (atBottom) log.scrollTop = log.scrollHeight;
 }
 
 let fetching = false;
 let fetchAgain = false;
-let progressTimer = null;
 
 /** Fetch the events after the last one shown; one request at a time, repeated if asked meanwhile. */
 async function fetchEvents() {
-  clearTimeout(progressTimer);
-  progressTimer = null;
   if (fetching) {
     fetchAgain = true;
     return;
@@ -165,11 +172,6 @@ async function fetchEvents() {
   } finally {
     fetching = false;
   }
-}
-
-/** Progress ticks write no event; still look for new ones now and then (a lost log message). */
-function fetchEventsSoon() {
-  if (!progressTimer && !fetching) progressTimer = setTimeout(fetchEvents, 2000);
 }
 
 // --- actions --------------------------------------------------------------------------------
@@ -217,11 +219,14 @@ const stream = new JobStream({
   url: config.urls.websocket,
   jobUrl: () => job.links.self,
   onState: liveIndicator(),
-  onJob(next, event) {
+  onJob(next, event, message) {
     if (next.id !== job.id) return;
+    // The message right after the version we have: nothing was missed, so its history entry (if
+    // the change recorded one; progress ticks don't) is all that is new. Otherwise ask the API.
+    const contiguous = next.version === job.version + 1;
     apply(next);
-    if (event === "progress") fetchEventsSoon();
-    else fetchEvents();
+    if (contiguous && message && message.entry) appendEvents([message.entry]);
+    else if (!(contiguous && event === "progress")) fetchEvents();
   },
   onSnapshot(jobs) {
     const current = jobs.find((item) => item.id === job.id);
@@ -238,9 +243,9 @@ const stream = new JobStream({
   },
 });
 
-for (const event of config.events || []) lastSeq = Math.max(lastSeq, event.seq);
 // Re-render the server's log with the same markup (local times).
-log.replaceChildren(...(config.events || []).map(eventItem));
+log.replaceChildren();
+appendEvents(config.events || []);
 log.scrollTop = log.scrollHeight;
 render();
 stream.note(job);

@@ -5,9 +5,11 @@
  *
  *   const stream = new JobStream({
  *     url: "/ws/jobs/",                 // absolute, or relative to the page (ws: or wss: is chosen)
- *     onJob(job, event) {},             // a newer version of a job; event is the server's
+ *     onJob(job, event, message) {},    // a newer version of a job; event is the server's
  *                                       // "created" | "status" | "progress" | "log" | "cancel_requested",
- *                                       // or "resync" when the job was re-read over REST
+ *                                       // or "resync" when the job was re-read over REST; message is
+ *                                       // the server's whole message (it may carry the history
+ *                                       // `entry` the change recorded), null for a resync
  *     onSnapshot(jobs, spec) {},        // after each (re)subscribe: the current jobs for `spec`
  *                                       // (newest first, at most 50); resync the page from them
  *     onState(state) {},                // "connecting" | "live" | "reconnecting" | "offline"
@@ -151,7 +153,7 @@ export class JobStream {
     const done = fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then((response) => (response.ok ? response.json() : null))
       .then((job) => {
-        if (job && job.id && this.note(job)) this.onJob(job, "resync");
+        if (job && job.id && this.note(job)) this.onJob(job, "resync", null);
         return job;
       })
       .catch(() => null)
@@ -277,7 +279,7 @@ export class JobStream {
     if (known !== undefined && version <= known) return; // a repeat, or older than what we have
     this._versions.set(id, version);
     if (job.links && job.links.self) this._links.set(id, job.links.self);
-    this.onJob(job, message.event);
+    this.onJob(job, message.event, message);
     // A skipped version means a lost message: re-read the job so nothing in between is missed.
     if (known !== undefined && version > known + 1) this.refresh(id);
   }
