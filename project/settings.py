@@ -169,7 +169,7 @@ STORAGES = {
 SERVESTATIC_USE_FINDERS = True
 SERVESTATIC_AUTOREFRESH = DEBUG
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 
 # --- Security (driven by the environment; `check --deploy` passes with DEBUG off) -------------
@@ -214,7 +214,9 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = env_bool("CELERY_WO
 # SIGTERM: stop taking jobs and let running ones finish for this long, then stop them (their
 # jobs go back to the queue when their lease lapses).
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env_float("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", 30.0)
-CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
+# An idle worker stops at once (Longrun schedules nothing as Celery ETAs, so an idle worker holds
+# nothing that the soft shutdown would need to protect).
+CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", os.cpu_count() or 2)
 CELERY_WORKER_SEND_TASK_EVENTS = False

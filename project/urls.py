@@ -2,10 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from tasks_app import pages
-
 urlpatterns = [
-    path("", pages.dashboard, name="dashboard"),
+    path("", include("tasks_app.page_urls")),
     path("admin/", admin.site.urls),
     path("api/", include("tasks_app.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -24,7 +24,7 @@ from django.utils.translation import ngettext
 
 from . import registry, services
 from .exceptions import JobStateError, JobValidationError
-from .filters import MetadataFilterField
+from .filters import MetadataFilterField, metadata_matches
 from .models import DeliveryStatus, Job, JobEvent, JobStatus, WebhookAttempt, WebhookDelivery
 
 # Counting past this many matching rows is not worth a full scan: the page count becomes "at least".
@@ -45,6 +45,11 @@ class CappedCountPaginator(Paginator):
             if estimate > COUNT_CAP:
                 return estimate
         return queryset.order_by()[: COUNT_CAP + 1].count()
+
+    @cached_property
+    def num_pages(self) -> int:
+        # No link deeper than the cap: an OFFSET of a million rows is a scan of a million rows.
+        return min(super().num_pages, max(1, COUNT_CAP // self.per_page))
 
 
 class JobTypeFilter(admin.SimpleListFilter):
@@ -103,6 +108,8 @@ class JobAdmin(admin.ModelAdmin):
         "short_id", "type", "owner", "status_badge", "progress_bar", "attempts", "priority", "created_at", "duration",
     ]
     list_display_links = ["short_id"]
+    # Only the columns an index can sort.
+    sortable_by = ["short_id", "type", "status_badge", "created_at"]
     list_filter = ["status", JobTypeFilter, ("owner", admin.RelatedFieldListFilter), "created_at"]
     list_select_related = ["owner"]
     date_hierarchy = "created_at"
@@ -140,6 +147,9 @@ class JobAdmin(admin.ModelAdmin):
         if obj is not None:
             return False  # the change form is read-only; the actions are the way to act
         return super().has_change_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a job changes only through the services (deleting a running one strands its worker)
 
     # --- columns --------------------------------------------------------------------------------
 
@@ -208,10 +218,10 @@ class JobAdmin(admin.ModelAdmin):
                 key, value = MetadataFilterField().clean(term)
             except Exception:
                 return queryset.none(), False
-            from .filters import MetadataFilter
-
-            return MetadataFilter().filter(queryset, (key, value)), False
-        return queryset.filter(type__istartswith=term), False
+            return metadata_matches(queryset, key, value), False
+        # Types are few and known: match the names here, then filter on the indexed column.
+        names = [jt.name for jt in registry.all_job_types() if jt.name.lower().startswith(term.lower())]
+        return (queryset.filter(type__in=names) if names else queryset.none()), False
 
     # --- actions: the same services as the API, each recorded with who did it ------------------
 

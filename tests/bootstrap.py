@@ -28,6 +28,8 @@ def pytest_load_initial_conftests(early_config, parser, args):
     os.environ.setdefault("LONGRUN_DISPATCH_GRACE", "1")
     os.environ.setdefault("LONGRUN_PROGRESS_INTERVAL", "0.1")
     os.environ.setdefault("LONGRUN_JOB_MODULES", "tests.fault_job_types")
+    # Workers stopped at the end of a test give running jobs this long, not the default 30 s.
+    os.environ.setdefault("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", "3")
     # Rate limits are tested on their own (tests/test_http.py); elsewhere they'd only get in the way.
     os.environ.setdefault("LONGRUN_THROTTLE_USER", "1000000/minute")
     os.environ.setdefault("LONGRUN_THROTTLE_ANON", "1000000/minute")

@@ -1,0 +1,464 @@
+"""The pages in a real browser: headless Chromium driven by Playwright.
+
+- `test_job_stream_*`: live.js's contract (versions, gaps, reconnects) against a fake WebSocket,
+  with the module served from the static directory by Playwright itself (no server).
+- `test_operator_follows_and_cancels_jobs_live`: the whole system (Daphne, a Celery worker,
+  Redis, the test database): log in, submit a job from the form, watch it run and finish without
+  a reload, then cancel a long job from its page. Screenshots go to test-artifacts/browser/.
+
+Chromium is Debian's (/usr/bin/chromium); Playwright's own browser downloads are never used. Where
+it is missing these tests are skipped, except under CI (environment variable CI), where that fails.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from django.conf import settings
+
+from tasks_app import services
+from tasks_app.models import Job, JobStatus
+
+from .conftest import wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+STATIC_DIR = Path(settings.BASE_DIR) / "tasks_app" / "static"
+ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts" / "browser"
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    if not Path(CHROMIUM).exists():
+        message = f"{CHROMIUM} is not installed"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop on this thread while it runs; Django would then
+    # refuse ORM calls from the tests (and the database teardown), although they are synchronous.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                yield browser
+            finally:
+                browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+class Shots:
+    """Numbered screenshots of one test under test-artifacts/browser/."""
+
+    def __init__(self, prefix: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.count = 0
+        self.paths: list[Path] = []
+
+    def __call__(self, page, name: str, *, full_page: bool = True) -> Path:
+        self.count += 1
+        path = ARTIFACTS / f"{self.prefix}-{self.count:02d}-{name}.png"
+        page.screenshot(path=str(path), full_page=full_page)
+        self.paths.append(path)
+        return path
+
+
+# --- live.js against a fake WebSocket --------------------------------------------------------
+
+FAKE_WEBSOCKET = """
+class FakeSocket {
+  constructor(url) {
+    this.url = url; this.readyState = 0; this.sent = [];
+    FakeSocket.instances.push(this); FakeSocket.created.push(performance.now());
+  }
+  send(data) { this.sent.push(JSON.parse(data)); }
+  close() { this.readyState = 3; }
+  serverOpen() { this.readyState = 1; this.onopen && this.onopen({}); }
+  serverSend(message) { this.onmessage && this.onmessage({ data: JSON.stringify(message) }); }
+  serverDrop() {
+    this.readyState = 3; FakeSocket.dropped.push(performance.now());
+    this.onclose && this.onclose({ code: 1006 });
+  }
+}
+FakeSocket.instances = []; FakeSocket.created = []; FakeSocket.dropped = [];
+window.WebSocket = FakeSocket;
+window.FakeSocket = FakeSocket;
+"""
+
+STREAM_SCENARIO = """
+async () => {
+  const { JobStream } = await import("/static/tasks_app/live.js");
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const until = async (predicate, ms = 3000) => {
+    const end = performance.now() + ms;
+    while (!predicate()) { if (performance.now() > end) throw new Error("timed out"); await sleep(5); }
+  };
+  const log = [];
+  const states = [];
+  const stream = new JobStream({
+    url: "/ws/jobs/", minDelay: 40, maxDelay: 160,
+    onJob: (job, event) => log.push(["job", job.id, job.version, event]),
+    onSnapshot: (jobs, spec) => log.push(["snapshot", jobs.map((j) => j.version), spec]),
+    onState: (state) => states.push(state),
+    onError: (message) => log.push(["error", message.code]),
+  });
+  const A = "11111111-1111-1111-1111-111111111111";
+  const job = (version, extra = {}) => ({ id: A, version, links: { self: `/api/jobs/${A}/` }, ...extra });
+
+  stream.subscribe({ scope: "all" });
+  stream.connect();
+  const first = FakeSocket.instances[0];
+  const url = first.url;
+  first.serverOpen();
+  stream.subscribe({ job: A });          // while open: sent at once
+  const sentFirst = first.sent.slice();
+  first.serverSend({ type: "snapshot", scope: "all", jobs: [job(3)] });
+  first.serverSend({ type: "snapshot", job: A, jobs: [job(3)] });
+  first.serverSend({ type: "job", event: "progress", version: 3, job: job(3) });   // not newer: dropped
+  first.serverSend({ type: "job", event: "progress", version: 4, job: job(4) });   // next: delivered
+  first.serverSend({ type: "job", event: "progress", version: 4, job: job(4) });   // repeat: dropped
+  first.serverSend({ type: "job", event: "status", version: 6, job: job(6) });     // gap: delivered, re-read
+  await until(() => log.some((entry) => entry[3] === "resync"));
+  first.serverSend({ type: "job", event: "log", version: 7, job: job(7) });        // the re-read had 7
+  first.serverSend({ type: "error", code: "forbidden", message: "no" });
+  const gotOther = stream.note({ id: "22222222-2222-2222-2222-222222222222", version: 2 });
+  const staleOther = stream.note({ id: "22222222-2222-2222-2222-222222222222", version: 2 });
+
+  // The server goes away: the stream reconnects with growing delays and re-subscribes.
+  first.serverDrop();
+  const stateAfterDrop = stream.state;
+  for (let n = 2; n <= 5; n++) {
+    await until(() => FakeSocket.instances.length >= n);
+    if (n < 5) FakeSocket.instances[n - 1].serverDrop();  // refused again
+  }
+  const last = FakeSocket.instances[4];
+  last.serverOpen();
+  const resent = last.sent.slice();
+  last.serverSend({ type: "snapshot", scope: "all", jobs: [job(9)] });
+  stream.unsubscribe({ scope: "all" });
+  const afterUnsubscribe = last.sent.slice(resent.length);
+  stream.close();
+  const instancesAtClose = FakeSocket.instances.length;
+  await sleep(250);
+  return {
+    url, sentFirst, log, states, stateAfterDrop, resent, afterUnsubscribe, gotOther, staleOther,
+    delays: FakeSocket.created.slice(1).map((t, i) => t - FakeSocket.dropped[i]),
+    instancesAtClose, instancesLater: FakeSocket.instances.length, finalState: stream.state,
+  };
+}
+"""
+
+
+@pytest.mark.browser
+def test_job_stream_keeps_versions_resyncs_gaps_and_reconnects(chromium):
+    context = chromium.new_context()
+    page = context.new_page()
+    fetched: list[str] = []
+
+    def serve(route):
+        path = urlparse(route.request.url).path
+        if path == "/":
+            route.fulfill(body="<!doctype html><title>live.js</title>", content_type="text/html")
+        elif path.startswith("/static/"):
+            route.fulfill(path=str(STATIC_DIR / path.removeprefix("/static/")), content_type="text/javascript")
+        elif path.startswith("/api/jobs/"):
+            fetched.append(path)
+            job_id = path.split("/")[3]
+            route.fulfill(json={"id": job_id, "version": 7, "links": {"self": path}})
+        else:
+            route.fulfill(status=404)
+
+    page.route("http://longrun.test/**", serve)
+    page.add_init_script(FAKE_WEBSOCKET)
+    page.goto("http://longrun.test/")
+    result = page.evaluate(STREAM_SCENARIO)
+    context.close()
+
+    a = "11111111-1111-1111-1111-111111111111"
+    assert result["url"] == "ws://longrun.test/ws/jobs/"
+    assert result["sentFirst"] == [{"action": "subscribe", "scope": "all"}, {"action": "subscribe", "job": a}]
+    assert result["log"] == [
+        ["snapshot", [3], {"scope": "all"}],
+        ["snapshot", [3], {"job": a}],
+        ["job", a, 4, "progress"],
+        ["job", a, 6, "status"],
+        ["job", a, 7, "resync"],   # the gap 4 -> 6 made it re-read the job over REST
+        ["error", "forbidden"],    # the 7 sent after the re-read was dropped
+        ["snapshot", [9], {"scope": "all"}],
+    ]
+    assert fetched == [f"/api/jobs/{a}/"]
+    assert result["gotOther"] is True and result["staleOther"] is False
+    assert result["states"][:3] == ["connecting", "live", "reconnecting"]
+    assert result["stateAfterDrop"] == "reconnecting"
+    assert result["states"][-2:] == ["live", "offline"]
+    # Every (re)connect re-sends the subscriptions; unsubscribe is sent too.
+    assert result["resent"] == [{"action": "subscribe", "scope": "all"}, {"action": "subscribe", "job": a}]
+    assert result["afterUnsubscribe"] == [{"action": "unsubscribe", "scope": "all"}]
+    # Backoff: 40 ms doubling to the 160 ms cap, each delay drawn from the upper half of its step.
+    ceilings = [40, 80, 160, 160]
+    for delay, ceiling in zip(result["delays"], ceilings, strict=True):
+        assert ceiling / 2 - 5 <= delay <= ceiling + 60, (result["delays"], ceilings)
+    # close() is final.
+    assert result["instancesLater"] == result["instancesAtClose"]
+    assert result["finalState"] == "offline"
+
+
+# --- the whole system -------------------------------------------------------------------------
+
+
+def progress_of(row) -> int:
+    return int(row.locator("progress").get_attribute("value") or 0)
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_operator_follows_and_cancels_jobs_live(chromium, stack, free_tcp_port, django_user_model):
+    from playwright.sync_api import expect
+
+    dora = django_user_model.objects.create_user("dora", password="dora-password-123")
+    # Nothing runs at the end; don't sit out the idle soft-shutdown wait on teardown.
+    stack.env["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"] = "1"
+    stack.start_ready_worker("worker", concurrency=2)
+    daphne = stack.start_daphne(free_tcp_port)
+    base = f"http://127.0.0.1:{free_tcp_port}"
+    shot = Shots("operator")
+    problems: list[str] = []
+
+    context = chromium.new_context(base_url=base, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    failed: list[tuple[str, str, int]] = []
+    page.on("response", lambda r: r.status >= 400 and failed.append((r.request.method, urlparse(r.url).path, r.status)))
+    expected_noise = ("Failed to load resource", "WebSocket connection to")  # while the server is down
+    page.on("console", lambda msg: msg.type == "error" and not any(n in msg.text for n in expected_noise)
+            and problems.append(f"console: {msg.text}"))
+    try:
+        # Log in through the login page.
+        page.goto("/")
+        expect(page).to_have_url(f"{base}/accounts/login/?next=/")
+        shot(page, "login")
+        page.get_by_label("Username").fill("dora")
+        page.get_by_label("Password").fill("dora-password-123")
+        page.get_by_test_id("login-submit").click()
+        expect(page).to_have_url(f"{base}/")
+        expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live", timeout=15_000)
+        expect(page.get_by_test_id("live-state")).to_have_text("Live")
+        expect(page.get_by_test_id("job-type")).to_be_enabled()
+        page.evaluate("window.__sameDocument = true")  # gone if the page ever reloads
+        shot(page, "dashboard-empty")
+
+        # Invalid input: the API's field error appears next to the field.
+        page.get_by_test_id("job-type").select_option("sleep")
+        page.get_by_test_id("param-seconds").fill("-1")
+        page.get_by_test_id("submit-job").click()
+        error = page.locator('[data-error-for="params.seconds"]')
+        expect(error).to_be_visible()
+        expect(error).to_contain_text("minimum")
+        expect(page.get_by_test_id("param-seconds")).to_have_attribute("aria-invalid", "true")
+        assert Job.objects.count() == 0
+        shot(page, "validation-error")
+
+        # A sleep job from the form: its row appears, runs, moves and succeeds without a reload.
+        page.get_by_test_id("param-seconds").fill("4")
+        page.get_by_test_id("param-steps").fill("8")
+        page.get_by_test_id("submit-job").click()
+        expect(error).to_be_hidden()
+        link = page.get_by_test_id("submitted-link")
+        expect(link).to_be_visible()
+        job_id = link.get_attribute("href").rstrip("/").rsplit("/", 1)[1]
+        row = page.locator(f'tr[data-job-id="{job_id}"]')
+        expect(row).to_be_visible()
+        expect(row).to_have_attribute("data-status", "running", timeout=30_000)
+        expect(row.get_by_test_id("job-status")).to_have_text("Running")
+        seen = set()
+        deadline = time.monotonic() + 30
+        shot_taken = False
+        while row.get_attribute("data-status") == "running" and time.monotonic() < deadline:
+            seen.add(progress_of(row))
+            if not shot_taken and 0 < progress_of(row) < 100:
+                shot(page, "running")
+                shot_taken = True
+            time.sleep(0.1)
+        expect(row).to_have_attribute("data-status", "succeeded", timeout=30_000)
+        expect(row.get_by_test_id("job-status")).to_have_text("Succeeded")
+        assert progress_of(row) == 100
+        intermediate = sorted(value for value in seen if 0 < value < 100)
+        assert len(intermediate) >= 2, f"the progress bar did not move live: saw {sorted(seen)}"
+        expect(page.get_by_test_id("count-succeeded").locator(".count")).to_have_text("1", timeout=10_000)
+        assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
+        shot(page, "succeeded")
+
+        # The server goes away: the page says so, reconnects by itself when it is back, and the
+        # snapshot brings in what happened meanwhile.
+        live = page.get_by_test_id("live-state")
+        stack.stop(daphne)
+        expect(live).to_have_attribute("data-state", "reconnecting", timeout=10_000)
+        expect(live).to_have_text("Reconnecting…")
+        shot(page, "reconnecting", full_page=False)
+        missed = services.job_create(owner=dora, type="sleep", params={"seconds": 0.2, "steps": 2})
+        wait_for(lambda: Job.objects.get(pk=missed.pk).status == JobStatus.SUCCEEDED, what="the job run while offline")
+        daphne = stack.start_daphne(free_tcp_port)
+        expect(live).to_have_attribute("data-state", "live", timeout=45_000)
+        missed_row = page.locator(f'tr[data-job-id="{missed.pk}"]')
+        expect(missed_row).to_have_attribute("data-status", "succeeded", timeout=10_000)
+        expect(page.get_by_test_id("count-succeeded").locator(".count")).to_have_text("2", timeout=10_000)
+        assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
+
+        # A long primes job: open its page while it runs and cancel it with the button.
+        page.get_by_test_id("job-type").select_option("primes")
+        page.get_by_test_id("param-n").fill("3000000000")
+        page.get_by_test_id("submit-job").click()
+        link = page.get_by_test_id("submitted-link")
+        expect(link).not_to_have_attribute("href", f"/jobs/{job_id}/")
+        primes_id = link.get_attribute("href").rstrip("/").rsplit("/", 1)[1]
+        expect(page.locator(f'tr[data-job-id="{primes_id}"]')).to_have_attribute("data-status", "running", timeout=30_000)
+        assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
+        link.click()
+        expect(page).to_have_url(f"{base}/jobs/{primes_id}/")
+        detail = page.get_by_test_id("job-detail")
+        expect(detail).to_have_attribute("data-status", "running")
+        expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live", timeout=15_000)
+        expect(page.locator('[data-field="params"]')).to_contain_text("3000000000")
+        expect(page.get_by_test_id("job-log").locator('li[data-kind="status"]')).not_to_have_count(0)
+        page.evaluate("window.__sameDocument = true")
+        wait_for(lambda: Job.objects.get(pk=primes_id).progress >= 1, timeout=60, what="the primes job to progress")
+        expect(page.get_by_test_id("job-progress")).not_to_have_attribute("value", "0", timeout=10_000)
+        shot(page, "detail-running")
+
+        page.get_by_test_id("cancel-button").click()
+        expect(detail).to_have_attribute("data-status", "cancelled", timeout=30_000)
+        expect(page.get_by_test_id("job-status")).to_have_text("Cancelled")
+        expect(page.get_by_test_id("cancel-button")).to_be_hidden()
+        expect(page.get_by_test_id("retry-button")).to_be_visible()
+        log = page.get_by_test_id("job-log")
+        expect(log.locator('li[data-kind="cancel_requested"]')).to_have_count(1, timeout=10_000)
+        expect(log.locator('li[data-kind="status"]')).to_have_count(2)  # running, then cancelled
+        expect(log.locator("li").last).to_contain_text("Cancelled")
+        seqs = [int(s) for s in log.locator("li").evaluate_all("items => items.map(li => li.dataset.seq)")]
+        assert seqs == sorted(set(seqs)), f"log out of order or repeated: {seqs}"
+        expect(page.locator('[data-field="finished_at"] time')).to_be_visible()
+        assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
+        assert Job.objects.get(pk=primes_id).status == JobStatus.CANCELLED
+        shot(page, "detail-cancelled")
+
+        # Filters and the search by id on the dashboard.
+        page.goto("/")
+        expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live", timeout=15_000)
+        rows = page.get_by_test_id("job-row")
+        expect(rows).to_have_count(3)
+        page.get_by_test_id("filter-status").select_option("cancelled")
+        expect(rows).to_have_count(1)
+        expect(rows.first).to_have_attribute("data-job-id", primes_id)
+        expect(page).to_have_url(f"{base}/?status=cancelled")
+        page.get_by_test_id("filter-status").select_option("")
+        page.get_by_test_id("filter-type").select_option("primes")
+        expect(rows).to_have_count(1)
+        expect(rows.first).to_have_attribute("data-job-id", primes_id)
+        page.get_by_test_id("filter-type").select_option("")
+        page.get_by_test_id("filter-q").fill(job_id[:8])
+        expect(rows).to_have_count(1)
+        expect(rows.first).to_have_attribute("data-job-id", job_id)
+        shot(page, "search-prefix")
+        page.get_by_test_id("filter-q").fill(primes_id)
+        page.get_by_test_id("filter-q").press("Enter")
+        expect(page).to_have_url(f"{base}/jobs/{primes_id}/")
+        expect(page.get_by_test_id("job-status")).to_have_text("Cancelled")
+
+        # Phone width: the same pages stay readable.
+        page.set_viewport_size({"width": 390, "height": 844})
+        shot(page, "phone-detail")
+        page.goto("/")
+        expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live", timeout=15_000)
+        expect(page.locator(f'tr[data-job-id="{primes_id}"]')).to_have_attribute("data-status", "cancelled")
+        shot(page, "phone-dashboard")
+    except BaseException:
+        shot(page, "failure")
+        print("worker log:\n" + stack.log_tail("worker"))
+        print("daphne log:\n" + stack.log_tail("daphne"))
+        raise
+    finally:
+        context.close()
+    assert not problems, problems
+    # The only failed request is the invalid submission.
+    assert failed == [("POST", "/api/jobs/", 400)], failed
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_admin_change_list_shows_a_new_job_run_to_success_without_a_reload(
+    chromium, stack, free_tcp_port, django_user_model, client
+):
+    """A staff user on the job change list sees a job submitted over the API appear at the top
+    and progress to succeeded, live (the admin reuses live.js)."""
+    import requests
+    from playwright.sync_api import expect
+    from rest_framework.authtoken.models import Token
+
+    admin_user = django_user_model.objects.create_superuser("erin", "erin@example.com", "erin-password-123")
+    # An earlier job, so the list has its table (an empty list announces new jobs instead).
+    earlier = services.job_create(owner=admin_user, type="sleep", params={"seconds": 0})
+    stack.env["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"] = "1"
+    stack.start_ready_worker("worker", concurrency=2)
+    stack.start_daphne(free_tcp_port)
+    base = f"http://127.0.0.1:{free_tcp_port}"
+    shot = Shots("admin")
+    context = chromium.new_context(base_url=base, viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    try:
+        page.goto("/admin/login/?next=/admin/tasks_app/job/")
+        page.fill("#id_username", "erin")
+        page.fill("#id_password", "erin-password-123")
+        page.click("input[type=submit]")
+        expect(page).to_have_url(f"{base}/admin/tasks_app/job/")
+        expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live", timeout=15_000)
+        expect(page.locator(f'[data-job-id="{earlier.pk}"][data-field="status"]')).to_have_text("Succeeded", timeout=30_000)
+        page.evaluate("window.__sameDocument = true")
+        shot(page, "change-list")
+
+        token = Token.objects.create(user=admin_user).key
+        response = requests.post(
+            f"{base}/api/jobs/", json={"type": "sleep", "params": {"seconds": 3, "steps": 6}},
+            headers={"Authorization": f"Token {token}"}, timeout=10,
+        )
+        assert response.status_code == 202
+        job_id = response.json()["id"]
+        badge = page.locator(f'[data-job-id="{job_id}"][data-field="status"]')
+        expect(badge).to_be_visible(timeout=15_000)
+        expect(page.locator("#result_list tbody tr").first).to_contain_text(job_id[:8])
+        expect(badge).to_have_text("Running", timeout=30_000)
+        bar = page.locator(f'[data-job-id="{job_id}"][data-field="progress"]')
+        wait_for(lambda: 0 < int(bar.evaluate("el => el.value")) < 100, timeout=15, what="the bar to move")
+        shot(page, "change-list-running")
+        expect(badge).to_have_text("Succeeded", timeout=30_000)
+        assert int(bar.evaluate("el => el.value")) == 100
+        assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+        shot(page, "change-list-succeeded")
+        assert Job.objects.get(pk=job_id).status == JobStatus.SUCCEEDED
+        assert problems == []
+    finally:
+        context.close()
