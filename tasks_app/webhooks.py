@@ -22,6 +22,7 @@ import ipaddress
 import secrets
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -142,6 +143,12 @@ def post(target: Target, body: bytes, headers: dict[str, str], *, timeout: float
     deadline = started + timeout
     connection_class = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
     conn = connection_class(target.address, target.host, target.port, timeout=timeout)
+    # Socket timeouts bound each read, not the attempt: a receiver trickling a byte at a time
+    # would never be cut off. This timer ends the attempt at the deadline, whatever it is doing.
+    cut = threading.Event()
+    guard = threading.Timer(timeout, _cut, args=(conn, cut))
+    guard.daemon = True
+    guard.start()
     try:
         conn.request("POST", target.path, body=body, headers={
             **headers, "Content-Type": "application/json", "User-Agent": "Longrun-Webhooks/1",
@@ -159,12 +166,26 @@ def post(target: Target, body: bytes, headers: dict[str, str], *, timeout: float
             chunks.append(chunk)
             size += len(chunk)
         text = b"".join(chunks).decode("utf-8", "replace")
+        if cut.is_set():  # what was read is a truncated answer, whatever its status line said
+            return Outcome(None, _ms(started), error="timed out")
         return Outcome(response.status, _ms(started), body=text)
-    except (OSError, http.client.HTTPException) as exc:
-        reason = "timed out" if isinstance(exc, (TimeoutError, socket.timeout)) else f"{type(exc).__name__}: {exc}"
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        timed_out = isinstance(exc, (TimeoutError, socket.timeout)) or cut.is_set()
+        reason = "timed out" if timed_out else f"{type(exc).__name__}: {exc}"
         return Outcome(None, _ms(started), error=reason[:500])
     finally:
+        guard.cancel()
         conn.close()
+
+
+def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
+    cut.set()
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _ms(started: float) -> int:
