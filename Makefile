@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check-deploy bench clean
+.PHONY: run test check-deploy bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,7 @@ bench: $(VENV)/.dev-installed
 
 clean:
 	rm -rf $(VENV) var/*.sqlite3* var/redis var/celerybeat-schedule*
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check project tasks_app tests bench
+	$(BIN)/ruff format --check project tasks_app tests bench

@@ -66,11 +66,15 @@ def prepare_database(url: str, *, reuse: bool) -> bool:
     from psycopg import sql
 
     try:
-        admin = psycopg.connect(with_database(url, urlsplit(url).path.lstrip("/") or "postgres"), autocommit=True)
+        admin = psycopg.connect(
+            with_database(url, urlsplit(url).path.lstrip("/") or "postgres"), autocommit=True
+        )
     except psycopg.Error as exc:
         refuse(f"cannot connect to {url}: {exc}")
     with admin:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone() is not None
+        exists = (
+            admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone() is not None
+        )
         if exists and not reuse:
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
             exists = False
@@ -198,11 +202,19 @@ def page_count(body: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per page (median); one warm-up before")
-    parser.add_argument("--reuse", action="store_true", help=f"keep {BENCH_DB} and its rows if it has --rows of them")
+    parser.add_argument(
+        "--runs", type=int, default=5, help="timed runs per page (median); one warm-up before"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help=f"keep {BENCH_DB} and its rows if it has --rows of them"
+    )
     parser.add_argument("--slow", type=float, default=500.0, help="explain pages slower than this many ms")
-    parser.add_argument("--hard-runs", type=int, default=3, help="runs per page of the ours-only set (0: skip it)")
-    parser.add_argument("--explain-over", type=float, default=100.0, help="explain our queries slower than this")
+    parser.add_argument(
+        "--hard-runs", type=int, default=3, help="runs per page of the ours-only set (0: skip it)"
+    )
+    parser.add_argument(
+        "--explain-over", type=float, default=100.0, help="explain our queries slower than this"
+    )
     args = parser.parse_args()
 
     url = server_url()
@@ -262,7 +274,17 @@ def main() -> None:
     baseline_site = admin.AdminSite(name="baseline")
 
     class BaselineJobAdmin(admin.ModelAdmin):
-        list_display = ["id", "type", "owner", "status", "progress", "attempts", "priority", "created_at", "finished_at"]
+        list_display = [
+            "id",
+            "type",
+            "owner",
+            "status",
+            "progress",
+            "attempts",
+            "priority",
+            "created_at",
+            "finished_at",
+        ]
         list_filter = ["status", "type", "owner", "created_at"]
         date_hierarchy = "created_at"
         search_fields = ["id__exact", "type", "metadata"]
@@ -296,7 +318,10 @@ def main() -> None:
         ("status + type filters", {"status__exact": "running", "type": "fail"}),
         ("sorted by priority", {"o": str(priority_column)}),
         # The deepest page the admin links to (its paginator stops at COUNT_CAP rows).
-        ("last page (unfiltered)", {"p": str(min(-(-estimate // JobAdmin.list_per_page), COUNT_CAP // JobAdmin.list_per_page))}),
+        (
+            "last page (unfiltered)",
+            {"p": str(min(-(-estimate // JobAdmin.list_per_page), COUNT_CAP // JobAdmin.list_per_page))},
+        ),
     ]
 
     results = []
@@ -345,7 +370,9 @@ def main() -> None:
         with connection.cursor() as cursor:
             cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)
             lines = [row[0] for row in cursor.fetchall()]
-        scan = next((line.strip().lstrip("-> ") for line in lines[1:] if re.search(r"Scan (using|on)", line)), "")
+        scan = next(
+            (line.strip().lstrip("-> ") for line in lines[1:] if re.search(r"Scan (using|on)", line)), ""
+        )
         total = next((line for line in lines if line.startswith("Execution Time")), "")
         print(f"  {label}{short_sql(sql)[:150]}")
         print(f"      plan:  {lines[0].strip()}")
@@ -353,7 +380,9 @@ def main() -> None:
             print(f"      reads: {scan}")
         print(f"      {total}")
 
-    print(f"server: {server}; table tasks_app_job: {size}; {args.runs} runs per page, median, after a warm-up")
+    print(
+        f"server: {server}; table tasks_app_job: {size}; {args.runs} runs per page, median, after a warm-up"
+    )
     print(
         f"{'page':<24} {'ours ms':>8} {'baseline ms':>12} {'ratio':>7}   {'ours count':>10} {'base count':>10}"
         f"   {'queries':>7}  {'SQL ms ours/base':>16}"
@@ -381,7 +410,9 @@ def main() -> None:
         for name, ms, count, queries in harder:
             worst = slowest(queries)
             worst_ms = float(worst["time"]) * 1000
-            print(f"  {name:<26} {ms:>7.1f} ms  count {count:>7}  SQL {sql_ms(queries):>5.0f} ms; slowest {worst_ms:.0f} ms")
+            print(
+                f"  {name:<26} {ms:>7.1f} ms  count {count:>7}  SQL {sql_ms(queries):>5.0f} ms; slowest {worst_ms:.0f} ms"
+            )
             if ms > args.slow:
                 show_plan(worst["sql"], "    ")
 
@@ -396,6 +427,7 @@ def main() -> None:
             show_plan(sql, f"{name} ({who}, {ms:.0f} ms): ")
     else:
         print(f"\nno page over {args.slow:.0f} ms")
+
 
 if __name__ == "__main__":
     main()

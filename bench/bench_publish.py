@@ -66,7 +66,9 @@ def main() -> None:
             stack.stop_all(timeout=5)
 
     def ms(samples: list[float]) -> str:
-        return f"mean {statistics.fmean(samples) * 1000:.3f} ms, p50 {statistics.median(samples) * 1000:.3f} ms"
+        return (
+            f"mean {statistics.fmean(samples) * 1000:.3f} ms, p50 {statistics.median(samples) * 1000:.3f} ms"
+        )
 
     print(f"events per variant: {args.events}")
     print(f"baseline async_to_sync(group_send): {ms(baseline)}")

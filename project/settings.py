@@ -210,7 +210,9 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = env_bool("CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS", True)
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = env_bool(
+    "CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS", True
+)
 # SIGTERM: stop taking jobs and let running ones finish for this long, then stop them (their
 # jobs go back to the queue when their lease lapses).
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env_float("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", 30.0)
@@ -261,11 +263,16 @@ LONGRUN = {
     # private addresses (development and tests only; empty by default), and how long a rotated
     # signing secret stays valid.
     "WEBHOOK_TIMEOUT": min(env_float("LONGRUN_WEBHOOK_TIMEOUT", 15.0), 15.0),
-    "WEBHOOK_ALLOWED_PRIVATE_HOSTS": [h.lower() for h in env_list("LONGRUN_WEBHOOK_ALLOWED_PRIVATE_HOSTS", [])],
+    "WEBHOOK_ALLOWED_PRIVATE_HOSTS": [
+        h.lower() for h in env_list("LONGRUN_WEBHOOK_ALLOWED_PRIVATE_HOSTS", [])
+    ],
     "WEBHOOK_SECRET_GRACE": env_int("LONGRUN_WEBHOOK_SECRET_GRACE", 24 * 3600),
     # Seconds between delivery attempts after a failure (with +-20% jitter): about a day in all.
     "WEBHOOK_RETRY_SCHEDULE": [
-        float(x) for x in env_list("LONGRUN_WEBHOOK_RETRY_SCHEDULE", "5,30,120,600,1800,3600,7200,14400,28800,28800".split(","))
+        float(x)
+        for x in env_list(
+            "LONGRUN_WEBHOOK_RETRY_SCHEDULE", "5,30,120,600,1800,3600,7200,14400,28800,28800".split(",")
+        )
     ],
     # Extra modules with @job_type functions, imported at start-up (comma-separated).
     "JOB_MODULES": env_list("LONGRUN_JOB_MODULES", []),

@@ -40,7 +40,9 @@ class CappedCountPaginator(Paginator):
         queryset = self.object_list
         if connection.vendor == "postgresql" and not queryset.query.where:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [Job._meta.db_table])
+                cursor.execute(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [Job._meta.db_table]
+                )
                 estimate = cursor.fetchone()[0]
             if estimate > COUNT_CAP:
                 return estimate
@@ -85,7 +87,16 @@ class WebhookDeliveryInline(admin.TabularInline):
     model = WebhookDelivery
     extra = 0
     can_delete = False
-    fields = ["n", "event_type", "status", "attempts", "last_status_code", "last_error", "next_attempt_at", "delivered_at"]
+    fields = [
+        "n",
+        "event_type",
+        "status",
+        "attempts",
+        "last_status_code",
+        "last_error",
+        "next_attempt_at",
+        "delivered_at",
+    ]
     readonly_fields = fields
     show_change_link = True
 
@@ -105,7 +116,15 @@ def _pretty_json(value: Any) -> str:
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
     list_display = [
-        "short_id", "type", "owner", "status_badge", "progress_bar", "attempts", "priority", "created_at", "duration",
+        "short_id",
+        "type",
+        "owner",
+        "status_badge",
+        "progress_bar",
+        "attempts",
+        "priority",
+        "created_at",
+        "duration",
     ]
     list_display_links = ["short_id"]
     # Only the columns an index can sort.
@@ -123,16 +142,67 @@ class JobAdmin(admin.ModelAdmin):
     actions = ["cancel_selected", "retry_selected", "rerun_selected"]
     fieldsets = [
         (None, {"fields": ["id", "type", "owner", "status_badge", "progress_bar", "progress_message"]}),
-        ("Input", {"fields": ["params_pretty", "metadata_pretty", "priority", "max_attempts", "timeout", "run_at", "callback_url"]}),
+        (
+            "Input",
+            {
+                "fields": [
+                    "params_pretty",
+                    "metadata_pretty",
+                    "priority",
+                    "max_attempts",
+                    "timeout",
+                    "run_at",
+                    "callback_url",
+                ]
+            },
+        ),
         ("Outcome", {"fields": ["result_pretty", "error_pretty", "traceback_pretty", "attempts"]}),
-        ("Timeline", {"fields": ["created_at", "dispatched_at", "started_at", "finished_at", "cancel_requested_at", "duration"]}),
-        ("Execution", {"classes": ["collapse"], "fields": ["worker", "celery_task_id", "lease_expires_at", "version"]}),
+        (
+            "Timeline",
+            {
+                "fields": [
+                    "created_at",
+                    "dispatched_at",
+                    "started_at",
+                    "finished_at",
+                    "cancel_requested_at",
+                    "duration",
+                ]
+            },
+        ),
+        (
+            "Execution",
+            {"classes": ["collapse"], "fields": ["worker", "celery_task_id", "lease_expires_at", "version"]},
+        ),
     ]
     readonly_fields = [
-        "id", "type", "owner", "status_badge", "progress_bar", "progress_message", "params_pretty", "metadata_pretty",
-        "priority", "max_attempts", "timeout", "run_at", "callback_url", "result_pretty", "error_pretty",
-        "traceback_pretty", "attempts", "created_at", "dispatched_at", "started_at", "finished_at",
-        "cancel_requested_at", "duration", "worker", "celery_task_id", "lease_expires_at", "version",
+        "id",
+        "type",
+        "owner",
+        "status_badge",
+        "progress_bar",
+        "progress_message",
+        "params_pretty",
+        "metadata_pretty",
+        "priority",
+        "max_attempts",
+        "timeout",
+        "run_at",
+        "callback_url",
+        "result_pretty",
+        "error_pretty",
+        "traceback_pretty",
+        "attempts",
+        "created_at",
+        "dispatched_at",
+        "started_at",
+        "finished_at",
+        "cancel_requested_at",
+        "duration",
+        "worker",
+        "celery_task_id",
+        "lease_expires_at",
+        "version",
     ]
 
     class Media:
@@ -162,7 +232,10 @@ class JobAdmin(admin.ModelAdmin):
         cancel = " · cancelling" if job.status == JobStatus.RUNNING and job.cancel_requested_at else ""
         return format_html(
             '<span class="lr-badge lr-badge-{}" data-job-id="{}" data-field="status">{}{}</span>',
-            job.status, job.pk, job.get_status_display(), cancel,
+            job.status,
+            job.pk,
+            job.get_status_display(),
+            cancel,
         )
 
     @admin.display(description="Progress")
@@ -170,7 +243,10 @@ class JobAdmin(admin.ModelAdmin):
         return format_html(
             '<progress class="lr-progress" max="100" value="{}" data-job-id="{}" data-field="progress" '
             'title="{}%">{}%</progress>',
-            job.progress, job.pk, job.progress, job.progress,
+            job.progress,
+            job.pk,
+            job.progress,
+            job.progress,
         )
 
     @admin.display(description="Duration")
@@ -205,7 +281,9 @@ class JobAdmin(admin.ModelAdmin):
 
     # --- search: by exact id, metadata key:value, or type -------------------------------------
 
-    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
         term = search_term.strip()
         if not term:
             return queryset, False
@@ -236,35 +314,47 @@ class JobAdmin(admin.ModelAdmin):
             except (JobStateError, JobValidationError) as exc:
                 refused[getattr(exc, "status", None) or "invalid"] += 1
         if changed:
-            self.message_user(request, ngettext(f"{done} %d job.", f"{done} %d jobs.", changed) % changed, messages.SUCCESS)
+            self.message_user(
+                request, ngettext(f"{done} %d job.", f"{done} %d jobs.", changed) % changed, messages.SUCCESS
+            )
         if refused:
             why = ", ".join(f"{count} {status}" for status, count in sorted(refused.items()))
             total = sum(refused.values())
             self.message_user(
                 request,
-                ngettext(f"%d job could not be {verb}: {why}.", f"%d jobs could not be {verb}: {why}.", total) % total,
+                ngettext(f"%d job could not be {verb}: {why}.", f"%d jobs could not be {verb}: {why}.", total)
+                % total,
                 messages.WARNING,
             )
 
     @admin.action(description="Cancel selected jobs", permissions=["change"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._apply(
-            request, queryset, lambda job_id: services.job_cancel(job_id, actor=request.user),
-            done="Cancelled (or asked to stop)", verb="cancelled (already ended)",
+            request,
+            queryset,
+            lambda job_id: services.job_cancel(job_id, actor=request.user),
+            done="Cancelled (or asked to stop)",
+            verb="cancelled (already ended)",
         )
 
     @admin.action(description="Retry selected jobs (failed or cancelled)", permissions=["change"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._apply(
-            request, queryset, lambda job_id: services.job_retry(job_id, actor=request.user),
-            done="Queued again", verb="retried (only failed or cancelled jobs can be)",
+            request,
+            queryset,
+            lambda job_id: services.job_retry(job_id, actor=request.user),
+            done="Queued again",
+            verb="retried (only failed or cancelled jobs can be)",
         )
 
     @admin.action(description="Re-run selected jobs as new jobs", permissions=["change"])
     def rerun_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._apply(
-            request, queryset, lambda job_id: services.job_rerun(job_id, actor=request.user),
-            done="Submitted a new run of", verb="re-run",
+            request,
+            queryset,
+            lambda job_id: services.job_rerun(job_id, actor=request.user),
+            done="Submitted a new run of",
+            verb="re-run",
         )
 
 
@@ -297,7 +387,16 @@ class WebhookAttemptInline(admin.TabularInline):
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(admin.ModelAdmin):
-    list_display = ["webhook_id", "job", "event_type", "status", "attempts", "last_status_code", "next_attempt_at", "created_at"]
+    list_display = [
+        "webhook_id",
+        "job",
+        "event_type",
+        "status",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "created_at",
+    ]
     list_filter = [FailingDeliveryFilter, "status", "event_type"]
     list_select_related = ["job"]
     search_fields = ["=webhook_id", "url"]

@@ -58,7 +58,9 @@ def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
     return [{"field": prefix, "message": str(detail), "code": getattr(detail, "code", None) or "invalid"}]
 
 
-def problem(status_code: int, *, code: str, detail: str, errors: list[dict[str, str]] | None = None) -> dict[str, Any]:
+def problem(
+    status_code: int, *, code: str, detail: str, errors: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": HTTPStatus(status_code).phrase,
@@ -81,7 +83,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, RequestDataTooBig):
-        exc = PayloadTooLarge(f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.")
+        exc = PayloadTooLarge(
+            f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
+        )
     elif isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(as_serializer_error(exc))
 
@@ -114,6 +118,8 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
 
 def server_error(request: HttpRequest) -> HttpResponse:
     if request.path.startswith("/api/"):
-        body = problem(500, code="server_error", detail="Something went wrong on our side; it has been logged.")
+        body = problem(
+            500, code="server_error", detail="Something went wrong on our side; it has been logged."
+        )
         return JsonResponse(body, status=500, content_type=PROBLEM_CONTENT_TYPE)
     return defaults.server_error(request)

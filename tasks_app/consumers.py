@@ -79,7 +79,10 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if not isinstance(content, dict) or content.get("action") not in ("subscribe", "unsubscribe"):
-            await self._error("bad_request", 'Send {"action": "subscribe" or "unsubscribe", "job": id or "scope": "mine"/"all"}.')
+            await self._error(
+                "bad_request",
+                'Send {"action": "subscribe" or "unsubscribe", "job": id or "scope": "mine"/"all"}.',
+            )
             return
         subscribe = content["action"] == "subscribe"
         if "job" in content:

@@ -7,8 +7,8 @@ import django_filters.fields
 from django import forms
 from django.db import connection
 from django.db.models import QuerySet, TextField
-from django.db.models.functions import Cast
 from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
 
 from .models import Job, JobStatus
 from .services import METADATA_KEY_PATTERN

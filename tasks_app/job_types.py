@@ -91,7 +91,13 @@ _FAIL_ERRORS = {
         "additionalProperties": False,
     },
 )
-def fail(ctx: JobContext, *, message: str = "This job failed on purpose.", error: str = "DemoError", delay: float = 0) -> dict:
+def fail(
+    ctx: JobContext,
+    *,
+    message: str = "This job failed on purpose.",
+    error: str = "DemoError",
+    delay: float = 0,
+) -> dict:
     if delay:
         ctx.log(f"Failing in {delay} seconds.")
         time.sleep(delay)

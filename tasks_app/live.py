@@ -36,7 +36,6 @@ from django.contrib.sessions.middleware import SessionMiddleware
 from django.core.handlers.asgi import ASGIRequest
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
-
 from rest_framework.settings import api_settings
 
 from . import sse
@@ -183,8 +182,14 @@ async def long_poll(request: HttpRequest, pk: str, wait: int) -> HttpResponse:
 
 
 async def stream(
-    request: HttpRequest, send: Callable, *, opening_view: Callable, view_kwargs: dict, groups: list[str],
-    frame_id: Callable[[dict], str], pk: str | None = None,
+    request: HttpRequest,
+    send: Callable,
+    *,
+    opening_view: Callable,
+    view_kwargs: dict,
+    groups: list[str],
+    frame_id: Callable[[dict], str],
+    pk: str | None = None,
 ) -> HttpResponse | None:
     """Server-Sent Events: the opening frames come from the REST view (authentication, the
     history after Last-Event-ID, the snapshot); then every change, and heartbeats. A single-job
@@ -246,10 +251,20 @@ class LiveHttpApp:
                 return
             if match := JOB_STREAM_PATH.match(scope["path"]):
                 pk = match["pk"]
-                await self._serve(scope, receive, send, lambda request: stream(
-                    request, send, opening_view=_stream_view, view_kwargs={"pk": pk}, groups=[job_group(pk)],
-                    frame_id=lambda message: message["version"], pk=pk,
-                ))
+                await self._serve(
+                    scope,
+                    receive,
+                    send,
+                    lambda request: stream(
+                        request,
+                        send,
+                        opening_view=_stream_view,
+                        view_kwargs={"pk": pk},
+                        groups=[job_group(pk)],
+                        frame_id=lambda message: message["version"],
+                        pk=pk,
+                    ),
+                )
                 return
             if JOBS_STREAM_PATH.match(scope["path"]):
                 await self._serve(scope, receive, send, self._stream_all)
@@ -261,7 +276,11 @@ class LiveHttpApp:
         user = await _off_request_thread(_authenticated_user)(request)
         groups = [owner_group(user.pk)] if user is not None else []
         return await stream(
-            request, send, opening_view=_stream_all_view, view_kwargs={}, groups=groups,
+            request,
+            send,
+            opening_view=_stream_all_view,
+            view_kwargs={},
+            groups=groups,
             frame_id=lambda message: f"{message['job']['id']}:{message['version']}",
         )
 
@@ -294,7 +313,9 @@ def _authenticated_user(request: HttpRequest) -> Any:
     from rest_framework.request import Request
 
     try:
-        user = Request(request, authenticators=[a() for a in api_settings.DEFAULT_AUTHENTICATION_CLASSES]).user
+        user = Request(
+            request, authenticators=[a() for a in api_settings.DEFAULT_AUTHENTICATION_CLASSES]
+        ).user
         return user if user.is_authenticated else None
     except Exception:
         return None
@@ -305,7 +326,10 @@ def _authenticated_user(request: HttpRequest) -> Any:
 def _headers(response: HttpResponse) -> list[tuple[bytes, bytes]]:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     headers = [(name.encode("latin-1"), str(value).encode("latin-1")) for name, value in response.items()]
-    headers += [(b"set-cookie", cookie.output(header="").strip().encode("latin-1")) for cookie in response.cookies.values()]
+    headers += [
+        (b"set-cookie", cookie.output(header="").strip().encode("latin-1"))
+        for cookie in response.cookies.values()
+    ]
     return headers
 
 

@@ -114,7 +114,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "by_status": stats["by_status"],
         "by_type": stats["by_type"],
         "finished_per_minute": [
-            {"minute": point["minute"].isoformat(), "count": point["count"]} for point in stats["finished_per_minute"]
+            {"minute": point["minute"].isoformat(), "count": point["count"]}
+            for point in stats["finished_per_minute"]
         ],
     }
     type_names = sorted({jt.name for jt in registry.all_job_types()} | set(stats["by_type"]))

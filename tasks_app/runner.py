@@ -156,7 +156,10 @@ def execute_job(job_id: str, *, worker: str | None = None, celery_task_id: str =
         logger.warning("job %s was taken back from this worker; its outcome is dropped", job.pk)
         outcome = None
     except SoftTimeLimitExceeded:
-        error = {"type": "TimeoutError", "message": f"The job ran longer than its timeout of {job.timeout} s."}
+        error = {
+            "type": "TimeoutError",
+            "message": f"The job ran longer than its timeout of {job.timeout} s.",
+        }
         outcome = services.job_fail(job.pk, worker=worker, error=error, traceback=traceback.format_exc())
     except Exception as exc:
         context._pending_progress = None

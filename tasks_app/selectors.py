@@ -37,7 +37,12 @@ def job_events(job: Job, *, after: int | None = None) -> QuerySet[JobEvent]:
 
 
 def job_deliveries(job: Job) -> QuerySet[WebhookDelivery]:
-    return WebhookDelivery.objects.filter(job=job).select_related("job").prefetch_related("attempt_log").order_by("n")
+    return (
+        WebhookDelivery.objects.filter(job=job)
+        .select_related("job")
+        .prefetch_related("attempt_log")
+        .order_by("n")
+    )
 
 
 def job_cancel_requested(job_id: Any) -> bool:

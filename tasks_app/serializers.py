@@ -34,7 +34,9 @@ class JobSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.get_username", read_only=True)
     error = JobErrorSerializer(allow_null=True, read_only=True)
     links = serializers.SerializerMethodField()
-    result = serializers.JSONField(read_only=True, help_text="What the job returned (any JSON); null until it succeeds.")
+    result = serializers.JSONField(
+        read_only=True, help_text="What the job returned (any JSON); null until it succeeds."
+    )
     params = serializers.JSONField(read_only=True)
     metadata = serializers.DictField(child=serializers.CharField(), read_only=True)
     callback_url = serializers.CharField(read_only=True, help_text="Empty when none was given.")
@@ -154,26 +156,45 @@ class JobCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     the services; the OpenAPI schema shows each type's params."""
 
     type = StrictCharField(max_length=100, help_text="A registered job type (see /api/job-types/).")
-    params = serializers.DictField(required=False, default=dict, help_text="Validated against the type's schema.")
-    priority = StrictIntegerField(min_value=0, max_value=9, required=False, default=5, help_text="0-9; higher runs first.")
+    params = serializers.DictField(
+        required=False, default=dict, help_text="Validated against the type's schema."
+    )
+    priority = StrictIntegerField(
+        min_value=0, max_value=9, required=False, default=5, help_text="0-9; higher runs first."
+    )
     run_at = AwareDateTimeField(
-        required=False, allow_null=True, default=None,
+        required=False,
+        allow_null=True,
+        default=None,
         help_text="ISO 8601 with a time zone. The job waits in status `scheduled` until then.",
     )
     timeout = StrictIntegerField(
-        min_value=1, max_value=settings.LONGRUN["MAX_TIMEOUT"], required=False, allow_null=True, default=None,
+        min_value=1,
+        max_value=settings.LONGRUN["MAX_TIMEOUT"],
+        required=False,
+        allow_null=True,
+        default=None,
         help_text="Seconds the job may run; the type's default when absent.",
     )
     max_attempts = StrictIntegerField(
-        min_value=1, max_value=20, required=False, allow_null=True, default=None,
+        min_value=1,
+        max_value=20,
+        required=False,
+        allow_null=True,
+        default=None,
         help_text="Attempts before the job fails for good (retryable errors, lost workers).",
     )
     callback_url = serializers.URLField(
-        max_length=2000, required=False, allow_blank=True, default="",
+        max_length=2000,
+        required=False,
+        allow_blank=True,
+        default="",
         help_text="http(s) URL told when the job ends (webhooks).",
     )
     metadata = serializers.DictField(
-        child=StrictCharField(max_length=500, allow_blank=True), required=False, default=dict,
+        child=StrictCharField(max_length=500, allow_blank=True),
+        required=False,
+        default=dict,
         help_text="Up to 50 string keys (40 characters: letters, digits, '_', '-', '.') with string "
         "values (500 characters), returned as given and searchable with ?metadata=key:value.",
     )
@@ -193,7 +214,9 @@ class JobBulkCancelSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
 
     ids = serializers.ListField(child=StrictUUIDField(), required=False, max_length=1000)
     status = serializers.ListField(
-        child=serializers.ChoiceField(choices=["scheduled", "queued", "running"]), required=False, max_length=3
+        child=serializers.ChoiceField(choices=["scheduled", "queued", "running"]),
+        required=False,
+        max_length=3,
     )
     type = StrictCharField(max_length=100, required=False)
 
@@ -222,7 +245,9 @@ class StatsSerializer(serializers.Serializer):
 
 
 class ProblemFieldErrorSerializer(serializers.Serializer):
-    field = serializers.CharField(help_text="Dotted path into the body, or a query parameter; empty for the whole request.")
+    field = serializers.CharField(
+        help_text="Dotted path into the body, or a query parameter; empty for the whole request."
+    )
     message = serializers.CharField()
     code = serializers.CharField()
 
@@ -244,7 +269,6 @@ class JobTypeSerializer(serializers.Serializer):
     params_schema = serializers.JSONField()
 
 
-
 class WebhookAttemptSerializer(serializers.Serializer):
     started_at = serializers.DateTimeField()
     duration_ms = serializers.IntegerField()
@@ -258,7 +282,9 @@ class WebhookDeliverySerializer(serializers.Serializer):
     event_type = serializers.CharField()
     webhook_id = serializers.CharField(help_text="The `webhook-id` header; the same on every retry.")
     url = serializers.CharField()
-    status = serializers.CharField(help_text="pending, sending, succeeded, failed or gone (the receiver answered 410).")
+    status = serializers.CharField(
+        help_text="pending, sending, succeeded, failed or gone (the receiver answered 410)."
+    )
     attempts = serializers.IntegerField()
     next_attempt_at = serializers.DateTimeField(allow_null=True)
     last_status_code = serializers.IntegerField(allow_null=True)
@@ -271,8 +297,12 @@ class WebhookDeliverySerializer(serializers.Serializer):
 class SigningSecretSerializer(serializers.Serializer):
     secret = serializers.CharField(help_text="whsec_... (Standard Webhooks); sign-verification key.")
     created_at = serializers.DateTimeField()
-    expires_at = serializers.DateTimeField(allow_null=True, help_text="Set on a rotated-out secret: valid until then.")
+    expires_at = serializers.DateTimeField(
+        allow_null=True, help_text="Set on a rotated-out secret: valid until then."
+    )
 
 
 class SigningSecretsSerializer(serializers.Serializer):
-    secrets = SigningSecretSerializer(many=True, help_text="Valid secrets, newest first; deliveries are signed with each.")
+    secrets = SigningSecretSerializer(
+        many=True, help_text="Valid secrets, newest first; deliveries are signed with each."
+    )

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -30,7 +29,6 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from . import events, registry, webhooks
-from .stack import WEBHOOK_QUEUE
 from .exceptions import IdempotencyConflict, JobStateError, JobValidationError
 from .models import (
     DeliveryStatus,
@@ -44,6 +42,7 @@ from .models import (
     WebhookDelivery,
 )
 from .serializers import JobEventSerializer, serialize_job
+from .stack import WEBHOOK_QUEUE
 
 logger = logging.getLogger(__name__)
 
@@ -235,8 +234,12 @@ def _new_job(spec: JobSpec, owner: AbstractBaseUser) -> Job:
 def _created_event(job: Job, owner: AbstractBaseUser) -> JobEvent:
     when = f", scheduled for {job.run_at.isoformat()}" if job.status == JobStatus.SCHEDULED else ""
     return JobEvent(
-        job=job, seq=job.version, kind=JobEventKind.CREATED, status=job.status,
-        message=f"Submitted by {owner.get_username()}{when}.", actor=owner,
+        job=job,
+        seq=job.version,
+        kind=JobEventKind.CREATED,
+        status=job.status,
+        message=f"Submitted by {owner.get_username()}{when}.",
+        actor=owner,
     )
 
 
@@ -281,7 +284,9 @@ def job_create_idempotent(
         except IntegrityError:
             existing = IdempotencyKey.objects.filter(owner=owner, key=key).select_related("job").first()
             if existing is None:  # the winner rolled back: nothing to replay, let the client retry
-                raise IdempotencyConflict("A request with this Idempotency-Key is in progress; retry.", status=409) from None
+                raise IdempotencyConflict(
+                    "A request with this Idempotency-Key is in progress; retry.", status=409
+                ) from None
     if existing.fingerprint != fingerprint:
         raise IdempotencyConflict(
             "This Idempotency-Key was already used with a different request body.", status=422
@@ -355,7 +360,11 @@ def jobs_dispatch(job_ids: list[Any]) -> int:
                 )
                 published.append(job_id)
     except Exception as exc:  # kombu raises several unrelated types for a dead broker
-        logger.warning("dispatch of %d job(s) deferred to the sweep, broker unavailable: %s", len(jobs) - len(published), exc)
+        logger.warning(
+            "dispatch of %d job(s) deferred to the sweep, broker unavailable: %s",
+            len(jobs) - len(published),
+            exc,
+        )
     if published:
         Job.objects.filter(pk__in=published, status=JobStatus.QUEUED, dispatched_at__isnull=True).update(
             dispatched_at=timezone.now()
@@ -390,7 +399,9 @@ def jobs_promote_scheduled(*, limit: int = 500) -> int:
             job = _update(job_id, Q(status=JobStatus.SCHEDULED, run_at__lte=now), status=JobStatus.QUEUED)
             if job is None:
                 continue  # cancelled meanwhile
-            _publish_on_commit(job, "status", _record(job, JobEventKind.STATUS, "Its scheduled time has come; queued."))
+            _publish_on_commit(
+                job, "status", _record(job, JobEventKind.STATUS, "Its scheduled time has come; queued.")
+            )
             _dispatch_on_commit(job)
             promoted += 1
     return promoted
@@ -438,7 +449,15 @@ def job_claim(job_id: Any, *, worker: str, celery_task_id: str = "") -> Job | No
         )
         if job is None:
             return None
-        _publish_on_commit(job, "status", _record(job, JobEventKind.STATUS, f"Running on {worker} (attempt {job.attempts} of {job.max_attempts})."))
+        _publish_on_commit(
+            job,
+            "status",
+            _record(
+                job,
+                JobEventKind.STATUS,
+                f"Running on {worker} (attempt {job.attempts} of {job.max_attempts}).",
+            ),
+        )
     return job
 
 
@@ -520,7 +539,16 @@ def job_fail(job_id: Any, *, worker: str, error: dict[str, str], traceback: str 
         )
         if job is None:
             return _finish_cancelled(job_id, worker)
-        _publish_on_commit(job, "status", _record(job, JobEventKind.STATUS, f"Failed: {error.get('type')}: {error.get('message')}", data={"error": error}))
+        _publish_on_commit(
+            job,
+            "status",
+            _record(
+                job,
+                JobEventKind.STATUS,
+                f"Failed: {error.get('type')}: {error.get('message')}",
+                data={"error": error},
+            ),
+        )
     return job
 
 
@@ -548,7 +576,9 @@ def job_cancel(job_id: Any, *, actor: AbstractBaseUser | None) -> Job:
             finished_at=now,
         )
         if job is not None:
-            _publish_on_commit(job, "status", _record(job, JobEventKind.STATUS, f"Cancelled{by} before it ran.", actor=actor))
+            _publish_on_commit(
+                job, "status", _record(job, JobEventKind.STATUS, f"Cancelled{by} before it ran.", actor=actor)
+            )
             return job
         job = _update(
             job_id,
@@ -556,13 +586,18 @@ def job_cancel(job_id: Any, *, actor: AbstractBaseUser | None) -> Job:
             cancel_requested_at=now,
         )
         if job is not None:
-            _publish_on_commit(job, "cancel_requested", _record(job, JobEventKind.CANCEL_REQUESTED, f"Cancel requested{by}.", actor=actor))
+            _publish_on_commit(
+                job,
+                "cancel_requested",
+                _record(job, JobEventKind.CANCEL_REQUESTED, f"Cancel requested{by}.", actor=actor),
+            )
             return job
     current = Job.objects.select_related("owner").get(pk=job_id)
     if current.status == JobStatus.RUNNING:
         return current  # already requested: asking again changes nothing
-    raise JobStateError(f"The job has already {current.status}; it cannot be cancelled.", status=current.status)
-
+    raise JobStateError(
+        f"The job has already {current.status}; it cannot be cancelled.", status=current.status
+    )
 
 
 def job_retry(job_id: Any, *, actor: AbstractBaseUser | None) -> Job:
@@ -628,7 +663,9 @@ def job_rerun(job_id: Any, *, actor: AbstractBaseUser | None) -> Job:
             metadata=original.metadata,
         )
         job = _bump(job.pk)
-        _publish_on_commit(job, "log", _record(job, JobEventKind.LOG, f"Re-run of {original.pk}{by}.", actor=actor))
+        _publish_on_commit(
+            job, "log", _record(job, JobEventKind.LOG, f"Re-run of {original.pk}{by}.", actor=actor)
+        )
         original = _bump(original.pk)
         _publish_on_commit(
             original, "log", _record(original, JobEventKind.LOG, f"Re-run as {job.pk}{by}.", actor=actor)
@@ -643,7 +680,6 @@ def _bump(job_id: Any) -> Job:
     return job
 
 
-
 # --- leases, retries, timeouts, forced cancels (the worker side and the sweep) ---------------
 
 
@@ -651,7 +687,9 @@ def job_heartbeat(job_id: Any, *, worker: str) -> tuple[bool, bool]:
     """Renew the lease of a job this worker runs. Returns (still ours, cancel requested). Not a
     change a client sees: the version stays."""
     lease = timezone.now() + timedelta(seconds=_conf("LEASE_SECONDS"))
-    renewed = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING, worker=worker).update(lease_expires_at=lease)
+    renewed = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING, worker=worker).update(
+        lease_expires_at=lease
+    )
     if not renewed:
         return False, False
     cancel = Job.objects.filter(pk=job_id, cancel_requested_at__isnull=False).exists()
@@ -692,7 +730,9 @@ def job_fail_or_retry(
             f"Attempt {updated.attempts} of {updated.max_attempts} failed ({error.get('type')}: "
             f"{error.get('message')}); retrying in {delay:.1f} s."
         )
-        _publish_on_commit(updated, "status", _record(updated, JobEventKind.STATUS, message, data={"error": error}))
+        _publish_on_commit(
+            updated, "status", _record(updated, JobEventKind.STATUS, message, data={"error": error})
+        )
     return updated
 
 
@@ -701,36 +741,58 @@ def _lost_worker(job: Job, reason: str) -> None:
     with transaction.atomic():
         if job.cancel_requested_at is not None:
             taken = _update(
-                job.pk, Q(status=JobStatus.RUNNING, worker=job.worker),
-                status=JobStatus.CANCELLED, finished_at=timezone.now(), lease_expires_at=None,
+                job.pk,
+                Q(status=JobStatus.RUNNING, worker=job.worker),
+                status=JobStatus.CANCELLED,
+                finished_at=timezone.now(),
+                lease_expires_at=None,
             )
             if taken is not None:
-                _publish_on_commit(taken, "status", _record(taken, JobEventKind.STATUS, f"Cancelled: {reason}."))
+                _publish_on_commit(
+                    taken, "status", _record(taken, JobEventKind.STATUS, f"Cancelled: {reason}.")
+                )
             return
         if job.attempts < job.max_attempts:
             taken = _update(
-                job.pk, Q(status=JobStatus.RUNNING, worker=job.worker),
-                status=JobStatus.QUEUED, worker="", lease_expires_at=None, dispatched_at=None,
+                job.pk,
+                Q(status=JobStatus.RUNNING, worker=job.worker),
+                status=JobStatus.QUEUED,
+                worker="",
+                lease_expires_at=None,
+                dispatched_at=None,
             )
             if taken is not None:
                 note = f"{reason}; queued for attempt {taken.attempts + 1} of {taken.max_attempts}."
                 _publish_on_commit(taken, "status", _record(taken, JobEventKind.STATUS, note))
                 _dispatch_on_commit(taken)
             return
-        error = {"type": "WorkerLost", "message": f"{reason} on attempt {job.attempts} of {job.max_attempts}."}
+        error = {
+            "type": "WorkerLost",
+            "message": f"{reason} on attempt {job.attempts} of {job.max_attempts}.",
+        }
         taken = _update(
-            job.pk, Q(status=JobStatus.RUNNING, worker=job.worker),
-            status=JobStatus.FAILED, error=error, finished_at=timezone.now(), lease_expires_at=None,
+            job.pk,
+            Q(status=JobStatus.RUNNING, worker=job.worker),
+            status=JobStatus.FAILED,
+            error=error,
+            finished_at=timezone.now(),
+            lease_expires_at=None,
         )
         if taken is not None:
-            _publish_on_commit(taken, "status", _record(taken, JobEventKind.STATUS, f"Failed: {error['message']}", data={"error": error}))
+            _publish_on_commit(
+                taken,
+                "status",
+                _record(taken, JobEventKind.STATUS, f"Failed: {error['message']}", data={"error": error}),
+            )
 
 
 def jobs_recover_expired_leases(*, limit: int = 200) -> int:
     """Running jobs whose worker stopped renewing the lease (it died, or its machine did): take
     them back. Heartbeat-based: a healthy long job keeps its lease however long it runs."""
     expired = list(
-        Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=timezone.now()).order_by("lease_expires_at")[:limit]
+        Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=timezone.now()).order_by(
+            "lease_expires_at"
+        )[:limit]
     )
     for job in expired:
         _lost_worker(job, f"Worker {job.worker} stopped answering (lease expired)")
@@ -748,8 +810,13 @@ def jobs_enforce_deadlines(*, limit: int = 200) -> int:
     cancel_cutoff = now - timedelta(seconds=_conf("CANCEL_GRACE"))
     for job in Job.objects.filter(status=JobStatus.RUNNING, cancel_requested_at__lt=cancel_cutoff)[:limit]:
         with transaction.atomic():
-            taken = _update(job.pk, Q(status=JobStatus.RUNNING, worker=job.worker), status=JobStatus.CANCELLED,
-                            finished_at=now, lease_expires_at=None)
+            taken = _update(
+                job.pk,
+                Q(status=JobStatus.RUNNING, worker=job.worker),
+                status=JobStatus.CANCELLED,
+                finished_at=now,
+                lease_expires_at=None,
+            )
             if taken is None:
                 continue
             note = f"Did not stop within {_conf('CANCEL_GRACE'):.0f} s of the cancel request; its process was terminated."
@@ -757,16 +824,31 @@ def jobs_enforce_deadlines(*, limit: int = 200) -> int:
             transaction.on_commit(partial(terminate_task, job.celery_task_id))
             ended += 1
     grace = timedelta(seconds=_conf("TIMEOUT_GRACE") * 2)
-    for job in Job.objects.filter(status=JobStatus.RUNNING, timeout__isnull=False, started_at__isnull=False)[:limit]:
+    for job in Job.objects.filter(status=JobStatus.RUNNING, timeout__isnull=False, started_at__isnull=False)[
+        :limit
+    ]:
         if job.started_at + timedelta(seconds=job.timeout) + grace > now:
             continue
-        error = {"type": "TimeoutError", "message": f"The job ran longer than its timeout of {job.timeout} s."}
+        error = {
+            "type": "TimeoutError",
+            "message": f"The job ran longer than its timeout of {job.timeout} s.",
+        }
         with transaction.atomic():
-            taken = _update(job.pk, Q(status=JobStatus.RUNNING, worker=job.worker), status=JobStatus.FAILED,
-                            error=error, finished_at=now, lease_expires_at=None)
+            taken = _update(
+                job.pk,
+                Q(status=JobStatus.RUNNING, worker=job.worker),
+                status=JobStatus.FAILED,
+                error=error,
+                finished_at=now,
+                lease_expires_at=None,
+            )
             if taken is None:
                 continue
-            _publish_on_commit(taken, "status", _record(taken, JobEventKind.STATUS, f"Failed: {error['message']}", data={"error": error}))
+            _publish_on_commit(
+                taken,
+                "status",
+                _record(taken, JobEventKind.STATUS, f"Failed: {error['message']}", data={"error": error}),
+            )
             transaction.on_commit(partial(terminate_task, job.celery_task_id))
             ended += 1
     return ended
@@ -780,7 +862,6 @@ def jobs_release(job_ids: list[Any], *, worker: str) -> int:
         _lost_worker(job, f"Worker {worker} shut down before the job finished")
         released += 1
     return released
-
 
 
 # --- webhooks -------------------------------------------------------------------------------
@@ -806,9 +887,14 @@ def _webhook_outbox(job: Job, job_data: dict[str, Any]) -> None:
     n = (WebhookDelivery.objects.filter(job=job).aggregate(last=Max("n"))["last"] or 0) + 1
     now = timezone.now()
     delivery = WebhookDelivery.objects.create(
-        job=job, n=n, event_type=event_type, webhook_id=f"msg_{uuid.uuid4().hex}", url=job.callback_url,
+        job=job,
+        n=n,
+        event_type=event_type,
+        webhook_id=f"msg_{uuid.uuid4().hex}",
+        url=job.callback_url,
         payload={"type": event_type, "timestamp": now.isoformat().replace("+00:00", "Z"), "data": job_data},
-        next_attempt_at=now, locked_until=now + timedelta(seconds=60),
+        next_attempt_at=now,
+        locked_until=now + timedelta(seconds=60),
     )
     transaction.on_commit(partial(webhooks_dispatch, [delivery.pk]))
 
@@ -860,19 +946,28 @@ def webhook_claim(delivery_id: Any) -> WebhookDelivery | None:
     return WebhookDelivery.objects.select_related("job").get(pk=delivery_id)
 
 
-def webhook_record_attempt(delivery: WebhookDelivery, outcome: webhooks.Outcome, *, started_at: datetime) -> WebhookDelivery:
+def webhook_record_attempt(
+    delivery: WebhookDelivery, outcome: webhooks.Outcome, *, started_at: datetime
+) -> WebhookDelivery:
     """Record one attempt and decide what comes next: delivered (2xx), gone for good (410: no
     more deliveries to that URL), another try after a backoff, or failed after the schedule."""
     schedule = _conf("WEBHOOK_RETRY_SCHEDULE")
     code = outcome.status_code
     with transaction.atomic():
         WebhookAttempt.objects.create(
-            delivery=delivery, started_at=started_at, duration_ms=outcome.duration_ms, status_code=code,
-            error=outcome.error[:500], response_body=storable_text(outcome.body)[:1024],
+            delivery=delivery,
+            started_at=started_at,
+            duration_ms=outcome.duration_ms,
+            status_code=code,
+            error=outcome.error[:500],
+            response_body=storable_text(outcome.body)[:1024],
         )
         attempts = delivery.attempts + 1
         changes: dict[str, Any] = {
-            "attempts": attempts, "last_status_code": code, "last_error": outcome.error[:500], "locked_until": None,
+            "attempts": attempts,
+            "last_status_code": code,
+            "last_error": outcome.error[:500],
+            "locked_until": None,
         }
         if code is not None and 200 <= code < 300:
             changes.update(status=DeliveryStatus.SUCCEEDED, delivered_at=timezone.now(), next_attempt_at=None)
@@ -885,7 +980,9 @@ def webhook_record_attempt(delivery: WebhookDelivery, outcome: webhooks.Outcome,
             changes.update(status=DeliveryStatus.FAILED, next_attempt_at=None)
         else:
             delay = schedule[attempts - 1] * random.uniform(0.8, 1.2)
-            changes.update(status=DeliveryStatus.PENDING, next_attempt_at=timezone.now() + timedelta(seconds=delay))
+            changes.update(
+                status=DeliveryStatus.PENDING, next_attempt_at=timezone.now() + timedelta(seconds=delay)
+            )
         WebhookDelivery.objects.filter(pk=delivery.pk, status=DeliveryStatus.SENDING).update(**changes)
     delivery.refresh_from_db()
     return delivery
@@ -895,8 +992,12 @@ def webhook_redeliver(delivery_id: Any) -> WebhookDelivery:
     """Send a delivery again now (same webhook-id). JobStateError while it is being sent."""
     now = timezone.now()
     with transaction.atomic():
-        changed = WebhookDelivery.objects.filter(pk=delivery_id).exclude(status=DeliveryStatus.SENDING).update(
-            status=DeliveryStatus.PENDING, next_attempt_at=now, locked_until=now + timedelta(seconds=60)
+        changed = (
+            WebhookDelivery.objects.filter(pk=delivery_id)
+            .exclude(status=DeliveryStatus.SENDING)
+            .update(
+                status=DeliveryStatus.PENDING, next_attempt_at=now, locked_until=now + timedelta(seconds=60)
+            )
         )
         if not changed:
             raise JobStateError("This delivery is being sent right now; try again in a moment.")
@@ -907,7 +1008,9 @@ def webhook_redeliver(delivery_id: Any) -> WebhookDelivery:
 def signing_secrets(owner: AbstractBaseUser) -> list[SigningSecret]:
     """The user's valid signing secrets, newest first; the first is created on first use."""
     now = timezone.now()
-    valid = list(SigningSecret.objects.filter(owner=owner).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)))
+    valid = list(
+        SigningSecret.objects.filter(owner=owner).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+    )
     if not valid:
         valid = [SigningSecret.objects.create(owner=owner, secret=webhooks.new_secret())]
     return valid
@@ -917,6 +1020,8 @@ def signing_secret_rotate(owner: AbstractBaseUser) -> list[SigningSecret]:
     """A new secret; the current ones stay valid for LONGRUN_WEBHOOK_SECRET_GRACE seconds."""
     with transaction.atomic():
         grace = timezone.now() + timedelta(seconds=_conf("WEBHOOK_SECRET_GRACE"))
-        SigningSecret.objects.filter(owner=owner).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=grace)).update(expires_at=grace)
+        SigningSecret.objects.filter(owner=owner).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=grace)
+        ).update(expires_at=grace)
         SigningSecret.objects.create(owner=owner, secret=webhooks.new_secret())
     return signing_secrets(owner)

@@ -49,7 +49,9 @@ class EventStreamRenderer(BaseRenderer):
     format = "event-stream"
     charset = None
 
-    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
+    ) -> bytes:
         if isinstance(data, list):
             return b"".join(data)
         return json.dumps(data, cls=DjangoJSONEncoder).encode()

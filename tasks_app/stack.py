@@ -27,11 +27,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, *, host: str = "127.0.0.1", timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    port: int, *, host: str = "127.0.0.1", timeout: float = 30.0, process: subprocess.Popen | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode} before listening on {port}")
+            raise RuntimeError(
+                f"{process.args!r} exited with {process.returncode} before listening on {port}"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
@@ -71,7 +75,14 @@ class Stack:
     log_dir: Path | None = None
     children: list[Child] = field(default_factory=list)
 
-    def start(self, name: str, argv: Sequence[str], *, stop_signal: int = signal.SIGTERM, env: dict[str, str] | None = None) -> Child:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        stop_signal: int = signal.SIGTERM,
+        env: dict[str, str] | None = None,
+    ) -> Child:
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -91,20 +102,55 @@ class Stack:
     def start_redis(self, port: int, data_dir: Path, *, persistent: bool = True) -> Child:
         data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
-            redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-            "--save", "", "--maxmemory-policy", "noeviction",
-            "--appendonly", "yes" if persistent else "no", "--appendfsync", "everysec",
-            "--logfile", str(data_dir / "redis.log"),
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--appendonly",
+            "yes" if persistent else "no",
+            "--appendfsync",
+            "everysec",
+            "--logfile",
+            str(data_dir / "redis.log"),
         ]
         child = self.start("redis", argv)
         wait_for_port(port, process=child.process)
         return child
 
-    def start_worker(self, name: str, *, queues: Sequence[str] = (JOB_QUEUE,), concurrency: int | None = None, pool: str = "prefork", extra: Sequence[str] = ()) -> Child:
+    def start_worker(
+        self,
+        name: str,
+        *,
+        queues: Sequence[str] = (JOB_QUEUE,),
+        concurrency: int | None = None,
+        pool: str = "prefork",
+        extra: Sequence[str] = (),
+    ) -> Child:
         argv = [
-            sys.executable, "-m", "celery", "-A", "project", "worker", "-n", f"{name}@%h",
-            "-Q", ",".join(queues), "--pool", pool, "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle", *extra,
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "project",
+            "worker",
+            "-n",
+            f"{name}@%h",
+            "-Q",
+            ",".join(queues),
+            "--pool",
+            pool,
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            *extra,
         ]
         if concurrency:
             argv += ["--concurrency", str(concurrency)]
@@ -113,7 +159,18 @@ class Stack:
         return self.start(name, argv, env={"REMAP_SIGTERM": "SIGQUIT"})
 
     def start_beat(self, schedule_file: Path) -> Child:
-        argv = [sys.executable, "-m", "celery", "-A", "project", "beat", "--loglevel", "INFO", "-s", str(schedule_file)]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "project",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "-s",
+            str(schedule_file),
+        ]
         return self.start("beat", argv)
 
     def start_daphne(self, port: int, *, host: str = "127.0.0.1") -> Child:

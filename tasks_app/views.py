@@ -27,7 +27,6 @@ from .api_errors import Conflict
 from .exceptions import IdempotencyConflict
 from .filters import JobFilter
 from .models import ACTIVE_STATUSES, Job, JobStatus
-from .sse import EventStreamRenderer, last_event_id
 from .serializers import (
     JobBulkCancelResultSerializer,
     JobBulkCancelSerializer,
@@ -42,6 +41,7 @@ from .serializers import (
     StatsSerializer,
     WebhookDeliverySerializer,
 )
+from .sse import EventStreamRenderer, last_event_id
 
 UUID_PATTERN = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
@@ -50,7 +50,9 @@ MAX_WAIT_SECONDS = 30
 
 def problems(*codes: int) -> dict[int, OpenApiResponse]:
     """Schema entries for error answers, all problem details."""
-    return {code: OpenApiResponse(ProblemSerializer, description="Problem details (RFC 9457).") for code in codes}
+    return {
+        code: OpenApiResponse(ProblemSerializer, description="Problem details (RFC 9457).") for code in codes
+    }
 
 
 class UserThrottle(UserRateThrottle):
@@ -100,11 +102,16 @@ class JobOrderingFilter(OrderingFilter):
     Ordering by started or finished lists only the jobs that have started or finished: a cursor
     cannot point between NULLs."""
 
-    ordering_fields = {"created_at": "created", "priority": "priority", "started_at": "started", "finished_at": "finished"}
+    ordering_fields = {
+        "created_at": "created",
+        "priority": "priority",
+        "started_at": "started",
+        "finished_at": "finished",
+    }
 
     def get_ordering(self, request, queryset, view):
         params = request.query_params.get(self.ordering_param)
-        if not params:
+        if params is None:
             return ("-created_at", "-id")
         by_name = {name: field for field, name in self.ordering_fields.items()}
         ordering = []
@@ -116,7 +123,11 @@ class JobOrderingFilter(OrderingFilter):
                 )
             ordering.append(("-" if term.startswith("-") else "") + by_name[name])
         # A unique tie-breaker keeps cursors stable when values repeat.
-        return (*ordering, "-created_at", "-id") if ordering[-1].lstrip("-") != "created_at" else (*ordering, "-id")
+        return (
+            (*ordering, "-created_at", "-id")
+            if ordering[-1].lstrip("-") != "created_at"
+            else (*ordering, "-id")
+        )
 
     def filter_queryset(self, request, queryset, view):
         ordering = self.get_ordering(request, queryset, view)
@@ -172,7 +183,9 @@ class ThrottleBeforePermissionsMixin:
         self.check_permissions(request)
 
 
-class JobViewSet(ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class JobViewSet(
+    ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     serializer_class = JobSerializer
     # The cursor paginator takes its ordering from the first backend that has get_ordering.
     filter_backends = [DjangoFilterBackend, JobOrderingFilter]
@@ -203,15 +216,22 @@ class JobViewSet(ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.R
     @extend_schema(
         parameters=[
             OpenApiParameter(
-                "wait", {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECONDS}, description=f"Long-poll: answer as soon as the job's version changes, or after "
+                "wait",
+                {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+                description=f"Long-poll: answer as soon as the job's version changes, or after "
                 f"this many seconds (at most {MAX_WAIT_SECONDS}). With If-None-Match, waits for a version other "
                 "than that one; an unchanged job then answers 304.",
             ),
-            OpenApiParameter("If-None-Match", str, OpenApiParameter.HEADER, description="An ETag from an earlier answer."),
+            OpenApiParameter(
+                "If-None-Match", str, OpenApiParameter.HEADER, description="An ETag from an earlier answer."
+            ),
         ],
         responses={
-            200: OpenApiResponse(JobSerializer, description="The job. `ETag` carries its version; `Retry-After` "
-                                 "a poll interval while it has not ended."),
+            200: OpenApiResponse(
+                JobSerializer,
+                description="The job. `ETag` carries its version; `Retry-After` "
+                "a poll interval while it has not ended.",
+            ),
             304: OpenApiResponse(description="Not modified: the version in If-None-Match is current."),
             **problems(400, 401, 404, 429),
         },
@@ -240,7 +260,9 @@ class JobViewSet(ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.R
         request=JobCreateSerializer,
         parameters=[
             OpenApiParameter(
-                "Idempotency-Key", {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN.pattern}, OpenApiParameter.HEADER,
+                "Idempotency-Key",
+                {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN.pattern},
+                OpenApiParameter.HEADER,
                 description="Up to 255 printable ASCII characters, unique per request you mean once. "
                 "Repeating the request with the same key and body returns the original job (with "
                 "`Idempotent-Replayed: true`) and creates nothing; the same key with another body is 422. "
@@ -282,14 +304,17 @@ class JobViewSet(ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.R
     @extend_schema(
         parameters=[
             OpenApiParameter(
-                "Last-Event-ID", str, OpenApiParameter.HEADER,
+                "Last-Event-ID",
+                str,
+                OpenApiParameter.HEADER,
                 description="Sent by EventSource on reconnect: the history entries after this version are "
                 "replayed (`event: history`) before the current job.",
             )
         ],
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                str, description="Server-Sent Events. `event: job` frames carry `{event, version, job, entry?}` "
+                str,
+                description="Server-Sent Events. `event: job` frames carry `{event, version, job, entry?}` "
                 "with `id:` the job's version; `event: history` frames replay missed history entries. Through "
                 "Daphne the stream stays open with live updates and heartbeats and closes once the job has ended; "
                 "elsewhere it answers the opening frames only (clients reconnect).",
@@ -298,7 +323,10 @@ class JobViewSet(ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.R
         },
     )
     @action(
-        detail=True, methods=["get"], renderer_classes=[EventStreamRenderer], filterset_class=None,
+        detail=True,
+        methods=["get"],
+        renderer_classes=[EventStreamRenderer],
+        filterset_class=None,
         pagination_class=None,
     )
     def stream(self, request: Request, pk: str) -> Response:
@@ -321,7 +349,8 @@ class JobViewSet(ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.R
         operation_id="jobs_stream_all",
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                str, description="Server-Sent Events for all my jobs: first the 50 most recent (`event: job`, "
+                str,
+                description="Server-Sent Events for all my jobs: first the 50 most recent (`event: job`, "
                 "`event` = `snapshot`), then every change, with `id:` `<job id>:<version>`. After a reconnect the "
                 "snapshot comes again; compare versions.",
             ),
@@ -329,12 +358,18 @@ class JobViewSet(ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.R
         },
     )
     @action(
-        detail=False, methods=["get"], url_path="stream", renderer_classes=[EventStreamRenderer],
-        filterset_class=None, pagination_class=None,
+        detail=False,
+        methods=["get"],
+        url_path="stream",
+        renderer_classes=[EventStreamRenderer],
+        filterset_class=None,
+        pagination_class=None,
     )
     def stream_all(self, request: Request) -> Response:
         """Server-Sent Events for all my jobs."""
-        jobs = selectors.job_list_visible(request.user).filter(owner=request.user).order_by("-created_at")[:50]
+        jobs = (
+            selectors.job_list_visible(request.user).filter(owner=request.user).order_by("-created_at")[:50]
+        )
         frames = [sse.comment("longrun jobs stream")]
         for job in reversed(list(jobs)):
             data = {"event": "snapshot", "version": job.version, "job": JobSerializer(job).data}
@@ -350,14 +385,20 @@ class JobViewSet(ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.R
 
     @extend_schema(request=None, responses={202: WebhookDeliverySerializer, **problems(401, 404, 409, 429)})
     @action(
-        detail=True, methods=["post"], url_path=r"deliveries/(?P<n>[0-9]{1,9})/redeliver",
-        filterset_class=None, pagination_class=None,
+        detail=True,
+        methods=["post"],
+        url_path=r"deliveries/(?P<n>[0-9]{1,9})/redeliver",
+        filterset_class=None,
+        pagination_class=None,
     )
     def redeliver(self, request: Request, pk: str, n: str) -> Response:
         """Send a delivery again now, with the same webhook-id."""
         delivery = get_object_or_404(selectors.job_deliveries(self.get_object()), n=int(n))
         services.webhook_redeliver(delivery.pk)
-        return Response(WebhookDeliverySerializer(selectors.job_deliveries(delivery.job).get(pk=delivery.pk)).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            WebhookDeliverySerializer(selectors.job_deliveries(delivery.job).get(pk=delivery.pk)).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
 
     @extend_schema(request=None, responses={200: JobSerializer, **problems(401, 404, 409, 429)})
     @action(detail=True, methods=["post"])
@@ -375,7 +416,11 @@ class JobViewSet(ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.R
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        parameters=[OpenApiParameter("after", {"type": "integer", "minimum": 0}, description="Only events with a larger seq.")],
+        parameters=[
+            OpenApiParameter(
+                "after", {"type": "integer", "minimum": 0}, description="Only events with a larger seq."
+            )
+        ],
         responses={200: JobEventSerializer(many=True), **problems(400, 401, 404, 429)},
     )
     @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
@@ -423,7 +468,9 @@ class JobViewSet(ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.R
             jobs = jobs.filter(status__in=body.validated_data["status"])
         if "type" in body.validated_data:
             jobs = jobs.filter(type=body.validated_data["type"])
-        job_ids = list(jobs.order_by("created_at").values_list("pk", flat=True)[: settings.LONGRUN["BULK_LIMIT"]])
+        job_ids = list(
+            jobs.order_by("created_at").values_list("pk", flat=True)[: settings.LONGRUN["BULK_LIMIT"]]
+        )
         counts = services.jobs_cancel(job_ids, actor=request.user)
         return Response({"matched": len(job_ids), **counts})
 
@@ -462,7 +509,9 @@ class SigningSecretRotateView(ThrottleBeforePermissionsMixin, APIView):
     def post(self, request: Request) -> Response:
         """A new signing secret. The previous one stays valid for a grace period (24 h), and
         deliveries carry a signature for each valid secret meanwhile."""
-        return Response(SigningSecretsSerializer({"secrets": services.signing_secret_rotate(request.user)}).data)
+        return Response(
+            SigningSecretsSerializer({"secrets": services.signing_secret_rotate(request.user)}).data
+        )
 
 
 class StatsView(ThrottleBeforePermissionsMixin, APIView):
@@ -473,4 +522,3 @@ class StatsView(ThrottleBeforePermissionsMixin, APIView):
         """Counts per status and per type of the jobs I can see, and jobs finished per minute over
         the last hour (oldest minute first)."""
         return Response(StatsSerializer(selectors.job_stats(request.user)).data)
-

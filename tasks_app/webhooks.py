@@ -65,8 +65,12 @@ def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         if mapped is not None:
             return _is_public(mapped)
     return address.is_global and not (
-        address.is_multicast or address.is_private or address.is_loopback or address.is_link_local
-        or address.is_reserved or address.is_unspecified
+        address.is_multicast
+        or address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_unspecified
     )
 
 
@@ -150,9 +154,16 @@ def post(target: Target, body: bytes, headers: dict[str, str], *, timeout: float
     guard.daemon = True
     guard.start()
     try:
-        conn.request("POST", target.path, body=body, headers={
-            **headers, "Content-Type": "application/json", "User-Agent": "Longrun-Webhooks/1",
-        })
+        conn.request(
+            "POST",
+            target.path,
+            body=body,
+            headers={
+                **headers,
+                "Content-Type": "application/json",
+                "User-Agent": "Longrun-Webhooks/1",
+            },
+        )
         if conn.sock is not None:
             conn.sock.settimeout(max(0.1, deadline - time.monotonic()))
         response = conn.getresponse()
@@ -160,7 +171,11 @@ def post(target: Target, body: bytes, headers: dict[str, str], *, timeout: float
         while size < RESPONSE_BODY_LIMIT and time.monotonic() < deadline:
             if conn.sock is not None:
                 conn.sock.settimeout(max(0.1, deadline - time.monotonic()))
-            chunk = response.read1(RESPONSE_BODY_LIMIT - size) if hasattr(response, "read1") else response.read(RESPONSE_BODY_LIMIT - size)
+            chunk = (
+                response.read1(RESPONSE_BODY_LIMIT - size)
+                if hasattr(response, "read1")
+                else response.read(RESPONSE_BODY_LIMIT - size)
+            )
             if not chunk:
                 break
             chunks.append(chunk)

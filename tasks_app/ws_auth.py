@@ -50,7 +50,11 @@ class WebSocketAuthMiddleware:
         authorization = _header(scope, b"authorization")
         if authorization is not None:
             scheme, _, key = authorization.partition(" ")
-            user = await _user_for_token(key.strip()) if scheme.lower() == "token" and key.strip() else AnonymousUser()
+            user = (
+                await _user_for_token(key.strip())
+                if scheme.lower() == "token" and key.strip()
+                else AnonymousUser()
+            )
             return await self.inner({**scope, "user": user}, receive, send)
         if origin is None:
             return await self.inner({**scope, "user": AnonymousUser()}, receive, send)

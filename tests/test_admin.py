@@ -10,10 +10,8 @@ from __future__ import annotations
 import html
 import json
 import re
-import uuid
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
-from unittest import mock
 
 import pytest
 from django.contrib import messages
@@ -24,9 +22,10 @@ from rest_framework.authtoken.models import Token
 
 from tasks_app import services
 from tasks_app.models import Job, JobEvent, JobEventKind, JobStatus
-from tasks_app.tasks import run_job
 
-pytestmark = pytest.mark.django_db
+from .conftest import cancelled_job, failed_job, make_job, running_job, session_client, succeeded_job
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker")]
 
 CHANGELIST = "/admin/tasks_app/job/"
 ADD = "/admin/tasks_app/job/add/"
@@ -36,22 +35,6 @@ ACTIONS = ("cancel_selected", "retry_selected", "rerun_selected")
 # --- fixtures and helpers -------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """The users of conftest.py have passwords; the default hasher costs ~0.1 s per user."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def broker():
-    """No broker and no Redis: the Celery publish and the live-update publish are mocks."""
-    with (
-        mock.patch.object(run_job, "apply_async") as apply_async,
-        mock.patch("tasks_app.events.publish_job_message") as publish,
-    ):
-        yield mock.Mock(apply_async=apply_async, publish=publish)
-
-
 @pytest.fixture
 def root(django_user_model):
     return django_user_model.objects.create_superuser("root", "root@example.com", "root-password-123")
@@ -59,56 +42,18 @@ def root(django_user_model):
 
 @pytest.fixture
 def root_client(root) -> Client:
-    client = Client()
-    client.force_login(root)
-    return client
+    return session_client(root)
 
 
 def staff_with(django_user_model, username: str, *codenames: str):
-    staff = django_user_model.objects.create_user(username, password=f"{username}-password-123", is_staff=True)
-    staff.user_permissions.set(Permission.objects.filter(content_type__app_label="tasks_app", codename__in=codenames))
+    staff = django_user_model.objects.create_user(
+        username, password=f"{username}-password-123", is_staff=True
+    )
+    staff.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="tasks_app", codename__in=codenames)
+    )
     assert set(staff.user_permissions.values_list("codename", flat=True)) == set(codenames)
     return django_user_model.objects.get(pk=staff.pk)  # no stale permission cache
-
-
-def client_for(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def make_job(owner, type="sleep", params=None, **kwargs) -> Job:
-    params = {"seconds": 1} if params is None and type == "sleep" else (params or {})
-    return services.job_create(owner=owner, type=type, params=params, **kwargs)
-
-
-def running_job(owner, **kwargs) -> Job:
-    job = make_job(owner, **kwargs)
-    claimed = services.job_claim(job.pk, worker="w1")
-    assert claimed is not None and claimed.status == JobStatus.RUNNING
-    return claimed
-
-
-def failed_job(owner, traceback: str = "", **kwargs) -> Job:
-    job = running_job(owner, **kwargs)
-    failed = services.job_fail(
-        job.pk, worker="w1", error={"type": "DemoError", "message": "boom"}, traceback=traceback
-    )
-    assert failed is not None and failed.status == JobStatus.FAILED
-    return failed
-
-
-def succeeded_job(owner, result=None, **kwargs) -> Job:
-    job = running_job(owner, **kwargs)
-    done = services.job_succeed(job.pk, worker="w1", result={"slept": 1} if result is None else result)
-    assert done is not None and done.status == JobStatus.SUCCEEDED
-    return done
-
-
-def cancelled_job(owner, **kwargs) -> Job:
-    job = services.job_cancel(make_job(owner, **kwargs).pk, actor=owner)
-    assert job.status == JobStatus.CANCELLED
-    return job
 
 
 def change_url(job) -> str:
@@ -120,7 +65,9 @@ def listed_ids(response) -> list[str]:
     assert response.status_code == 200, response.content[:2000]
     body = response.content.decode()
     assert 'id="result_list"' in body or not response.context["cl"].result_list
-    found = re.findall(r'<span class="lr-badge[^"]*" data-job-id="([0-9a-f-]{36})" data-field="status">', body)
+    found = re.findall(
+        r'<span class="lr-badge[^"]*" data-job-id="([0-9a-f-]{36})" data-field="status">', body
+    )
     # The rendered rows are exactly the change list's page.
     assert found == [str(job.pk) for job in response.context["cl"].result_list]
     return found
@@ -139,7 +86,13 @@ def result_rows(body: str) -> list[dict[str, str]]:
 def post_action(client, action: str, jobs, **extra):
     return client.post(
         CHANGELIST,
-        {"action": action, "index": "0", "select_across": "0", "_selected_action": [str(j.pk) for j in jobs], **extra},
+        {
+            "action": action,
+            "index": "0",
+            "select_across": "0",
+            "_selected_action": [str(j.pk) for j in jobs],
+            **extra,
+        },
     )
 
 
@@ -161,7 +114,9 @@ def mixed_jobs(user, other_user):
         "queued": make_job(user),
         "queued_fail": make_job(other_user, type="fail", params={"message": "later"}),
         "running": running_job(user),
-        "succeeded": succeeded_job(other_user, type="primes", params={"n": 100}, result={"n": 100, "count": 25}),
+        "succeeded": succeeded_job(
+            other_user, type="primes", params={"n": 100}, result={"n": 100, "count": 25}
+        ),
         "failed_sleep": failed_job(user),
         "failed_fail": failed_job(other_user, type="fail", params={}),
         "cancelled": cancelled_job(user),
@@ -180,14 +135,35 @@ def test_change_list_renders_columns_filters_and_date_hierarchy(root_client, mix
     body = response.content.decode()
     cl = response.context["cl"]
 
-    columns = ["short_id", "type", "owner", "status_badge", "progress_bar", "attempts", "priority", "created_at", "duration"]
+    columns = [
+        "short_id",
+        "type",
+        "owner",
+        "status_badge",
+        "progress_bar",
+        "attempts",
+        "priority",
+        "created_at",
+        "duration",
+    ]
     assert list(cl.list_display)[1:] == columns  # after the action checkbox
     for column in columns:
         assert re.search(rf'<th scope="col" class="[^"]*column-{column}[^"]*">', body), column
-    headers = dict(re.findall(r'<th scope="col" class="[^"]*column-(\w+)[^"]*">.*?<(?:a [^>]*|span)>([^<]+)<', body, re.S))
+    headers = dict(
+        re.findall(
+            r'<th scope="col" class="[^"]*column-(\w+)[^"]*">.*?<(?:a [^>]*|span)>([^<]+)<', body, re.S
+        )
+    )
     assert {name: headers.get(name) for name in columns} == {
-        "short_id": "ID", "type": "Type", "owner": "Owner", "status_badge": "Status", "progress_bar": "Progress",
-        "attempts": "Attempts", "priority": "Priority", "created_at": "Created at", "duration": "Duration",
+        "short_id": "ID",
+        "type": "Type",
+        "owner": "Owner",
+        "status_badge": "Status",
+        "progress_bar": "Progress",
+        "attempts": "Attempts",
+        "priority": "Priority",
+        "created_at": "Created at",
+        "duration": "Duration",
     }
 
     # Every job is listed, newest first.
@@ -262,10 +238,13 @@ def test_change_list_filters_by_status_type_owner_and_dates(root_client, mixed_j
     assert "created_at__month=3" in year.content.decode() and "created_at__month=1" in year.content.decode()
     march = root_client.get(CHANGELIST, {"created_at__year": "2024", "created_at__month": "3"})
     assert listed_ids(march) == [str(j["succeeded"].pk), str(j["running"].pk)]  # newest first
-    day = root_client.get(CHANGELIST, {"created_at__year": "2024", "created_at__month": "3", "created_at__day": "2"})
+    day = root_client.get(
+        CHANGELIST, {"created_at__year": "2024", "created_at__month": "3", "created_at__day": "2"}
+    )
     assert listed_ids(day) == [str(j["running"].pk)]
     ranged = root_client.get(
-        CHANGELIST, {"created_at__gte": "2024-01-01T00:00:00+00:00", "created_at__lt": "2024-03-10T00:00:00+00:00"}
+        CHANGELIST,
+        {"created_at__gte": "2024-01-01T00:00:00+00:00", "created_at__lt": "2024-03-10T00:00:00+00:00"},
     )
     assert sorted(listed_ids(ranged)) == sorted([str(j["queued"].pk), str(j["running"].pk)])
 
@@ -292,7 +271,9 @@ def test_search_by_metadata_key_value(root_client, user, other_user):
     assert listed_ids(root_client.get(CHANGELIST, {"q": "region:eu"})) == [str(acme.pk)]
     assert listed_ids(root_client.get(CHANGELIST, {"q": "customer:nobody"})) == []
     # Search combines with the filters.
-    assert listed_ids(root_client.get(CHANGELIST, {"q": "customer:acme", "type": "fail"})) == [str(acme_other_owner.pk)]
+    assert listed_ids(root_client.get(CHANGELIST, {"q": "customer:acme", "type": "fail"})) == [
+        str(acme_other_owner.pk)
+    ]
 
 
 def test_search_by_type_prefix(root_client, mixed_jobs):
@@ -326,8 +307,19 @@ def test_search_by_type_prefix(root_client, mixed_jobs):
         "🙂",
     ],
     ids=[
-        "words", "unknown-uuid", "empty-value", "empty-key", "bad-key", "space-in-key", "colons", "percent",
-        "underscore", "backslash", "sql", "long", "emoji",
+        "words",
+        "unknown-uuid",
+        "empty-value",
+        "empty-key",
+        "bad-key",
+        "space-in-key",
+        "colons",
+        "percent",
+        "underscore",
+        "backslash",
+        "sql",
+        "long",
+        "emoji",
     ],
 )
 def test_nonsense_search_gives_an_empty_list_not_an_error(root_client, mixed_jobs, term):
@@ -350,7 +342,9 @@ def test_a_search_with_a_nul_character_is_refused_with_a_message_not_an_error(ro
 
 
 def readonly_value(body: str, field: str) -> str:
-    match = re.search(rf'<div class="form-row[^"]*field-{field}[^"]*">.*?<div class="readonly">(.*?)</div>', body, re.S)
+    match = re.search(
+        rf'<div class="form-row[^"]*field-{field}[^"]*">.*?<div class="readonly">(.*?)</div>', body, re.S
+    )
     assert match, f"no read-only field {field}"
     return match.group(1).strip()
 
@@ -363,12 +357,16 @@ def pre_text(cell: str) -> str:
 
 def test_change_form_shows_json_pretty_and_the_history_in_order(root_client, user):
     job = running_job(
-        user, type="fail", params={"message": "boom <b>bold</b>", "delay": 0},
+        user,
+        type="fail",
+        params={"message": "boom <b>bold</b>", "delay": 0},
         metadata={"customer": "acme", "ticket": "T-1"},
     )
     services.job_log(job.pk, worker="w1", message="step one")
     services.job_fail(
-        job.pk, worker="w1", error={"type": "DemoError", "message": "boom <b>"},
+        job.pk,
+        worker="w1",
+        error={"type": "DemoError", "message": "boom <b>"},
         traceback='Traceback (most recent call last):\n  File "x.py"\n<script>alert(1)</script>',
     )
     job = fresh(job)
@@ -377,7 +375,11 @@ def test_change_form_shows_json_pretty_and_the_history_in_order(root_client, use
     assert response.status_code == 200
     body = response.content.decode()
 
-    for field, value in (("params_pretty", job.params), ("metadata_pretty", job.metadata), ("error_pretty", job.error)):
+    for field, value in (
+        ("params_pretty", job.params),
+        ("metadata_pretty", job.metadata),
+        ("error_pretty", job.error),
+    ):
         text = pre_text(readonly_value(body, field))
         assert text == json.dumps(value, indent=2, sort_keys=True), field
         assert json.loads(text) == value
@@ -419,8 +421,14 @@ def test_posting_changes_to_the_change_form_does_not_change_the_job(root_client,
     response = root_client.post(
         change_url(job),
         {
-            "type": "primes", "status": "succeeded", "priority": "9", "progress": "100", "attempts": "0",
-            "params": '{"n": 5}', "owner": str(job.owner_id), "_save": "Save",
+            "type": "primes",
+            "status": "succeeded",
+            "priority": "9",
+            "progress": "100",
+            "attempts": "0",
+            "params": '{"n": 5}',
+            "owner": str(job.owner_id),
+            "_save": "Save",
         },
     )
     assert response.status_code == 403
@@ -507,7 +515,11 @@ def test_retry_selected(root_client, root, user, broker, django_capture_on_commi
         assert job.status == JobStatus.QUEUED
         assert job.error is None and job.cancel_requested_at is None
         [entry] = admin_events(job, root)
-        assert entry.kind == JobEventKind.RETRY and entry.status == JobStatus.QUEUED and "by root" in entry.message
+        assert (
+            entry.kind == JobEventKind.RETRY
+            and entry.status == JobStatus.QUEUED
+            and "by root" in entry.message
+        )
     for pk, before in unchanged.items():
         assert Job.objects.filter(pk=pk).values().get() == before
         assert not JobEvent.objects.filter(job_id=pk, actor=root).exists()
@@ -526,7 +538,11 @@ def test_retry_selected(root_client, root, user, broker, django_capture_on_commi
 
 def test_rerun_selected(root_client, root, user, other_user, broker, django_capture_on_commit_callbacks):
     original = succeeded_job(
-        other_user, type="primes", params={"n": 1000, "chunk": 1000}, priority=7, metadata={"customer": "acme"}
+        other_user,
+        type="primes",
+        params={"n": 1000, "chunk": 1000},
+        priority=7,
+        metadata={"customer": "acme"},
     )
     failed = failed_job(user)
     existing = set(Job.objects.values_list("pk", flat=True))
@@ -543,7 +559,11 @@ def test_rerun_selected(root_client, root, user, other_user, broker, django_capt
         source = fresh(source)
         [new] = [job for job in new_jobs if job.params == source.params and job.owner_id == source.owner_id]
         assert (new.type, new.params, new.owner_id, new.priority, new.metadata) == (
-            source.type, source.params, source.owner_id, source.priority, source.metadata,
+            source.type,
+            source.params,
+            source.owner_id,
+            source.priority,
+            source.metadata,
         )
         assert new.status == JobStatus.QUEUED and new.pk != source.pk
         assert source.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)  # the original stays as it was
@@ -570,13 +590,15 @@ def test_rerun_of_a_job_whose_type_is_gone_is_refused_with_a_warning(root_client
 def test_a_staff_user_with_change_permission_can_act(django_user_model, user):
     operator = staff_with(django_user_model, "operator", "view_job", "change_job")
     queued = make_job(user)
-    client = client_for(operator)
+    client = session_client(operator)
     response = client.get(CHANGELIST)
     assert set(ACTIONS) <= set(dict(response.context["action_form"].fields["action"].choices))
     response = post_action(client, "cancel_selected", [queued])
     assert response.status_code == 302
     assert fresh(queued).status == JobStatus.CANCELLED
-    assert [e.actor_id for e in JobEvent.objects.filter(job=queued, kind=JobEventKind.STATUS)] == [operator.pk]
+    assert [e.actor_id for e in JobEvent.objects.filter(job=queued, kind=JobEventKind.STATUS)] == [
+        operator.pk
+    ]
 
 
 # --- permissions ------------------------------------------------------------------------------
@@ -586,7 +608,7 @@ def test_a_view_only_staff_user_sees_the_list_but_cannot_act(django_user_model, 
     viewer = staff_with(django_user_model, "viewer", "view_job")
     queued = make_job(user)
     failed = failed_job(user)
-    client = client_for(viewer)
+    client = session_client(viewer)
 
     response = client.get(CHANGELIST)
     assert response.status_code == 200
@@ -615,7 +637,7 @@ def test_a_view_only_staff_user_sees_the_list_but_cannot_act(django_user_model, 
 
 def test_a_staff_user_without_view_permission_gets_403(django_user_model, user):
     job = make_job(user)
-    client = client_for(staff_with(django_user_model, "nobody"))
+    client = session_client(staff_with(django_user_model, "nobody"))
     assert client.get(CHANGELIST).status_code == 403
     assert client.get(change_url(job)).status_code == 403
     response = post_action(client, "cancel_selected", [job])
@@ -625,7 +647,7 @@ def test_a_staff_user_without_view_permission_gets_403(django_user_model, user):
 
 def test_a_non_staff_user_is_sent_to_the_admin_login(user):
     job = make_job(user)
-    client = client_for(user)
+    client = session_client(user)
     for url in (CHANGELIST, change_url(job)):
         response = client.get(url)
         assert response.status_code == 302
@@ -639,9 +661,11 @@ def test_a_non_staff_user_is_sent_to_the_admin_login(user):
 
 
 def test_nobody_adds_a_job_by_hand(root_client, django_user_model, user):
-    everything = staff_with(django_user_model, "everything", "add_job", "change_job", "view_job", "delete_job")
+    everything = staff_with(
+        django_user_model, "everything", "add_job", "change_job", "view_job", "delete_job"
+    )
     count = Job.objects.count()
-    for client in (root_client, client_for(everything)):
+    for client in (root_client, session_client(everything)):
         assert client.get(ADD).status_code == 403
         response = client.post(ADD, {"type": "sleep", "params": "{}", "owner": str(user.pk), "_save": "Save"})
         assert response.status_code == 403
@@ -665,7 +689,9 @@ def test_tokens_are_listed_in_the_admin(root_client, user):
 
 def test_a_token_is_created_through_the_admin_add_form(root_client, other_user):
     assert not Token.objects.filter(user=other_user).exists()
-    response = root_client.post("/admin/authtoken/tokenproxy/add/", {"user": str(other_user.pk), "_save": "Save"})
+    response = root_client.post(
+        "/admin/authtoken/tokenproxy/add/", {"user": str(other_user.pk), "_save": "Save"}
+    )
     assert response.status_code == 302, response.content[:2000]
     token = Token.objects.get(user=other_user)
     assert re.fullmatch(r"[0-9a-f]{40}", token.key)
@@ -679,9 +705,13 @@ def test_users_are_managed_in_the_admin(root_client, user, django_user_model):
     assert response.status_code == 200 and "alice" in response.content.decode()
     response = root_client.post(
         "/admin/auth/user/add/",
-        {"username": "dave", "usable_password": "true", "password1": "a-Long-pass-9876", "password2": "a-Long-pass-9876"},
+        {
+            "username": "dave",
+            "usable_password": "true",
+            "password1": "a-Long-pass-9876",
+            "password2": "a-Long-pass-9876",
+        },
     )
     assert response.status_code == 302, response.content[:3000]
     dave = django_user_model.objects.get(username="dave")
     assert dave.check_password("a-Long-pass-9876")
-

@@ -181,7 +181,9 @@ def test_job_stream_keeps_versions_resyncs_gaps_and_reconnects(chromium):
         if path == "/":
             route.fulfill(body="<!doctype html><title>live.js</title>", content_type="text/html")
         elif path.startswith("/static/"):
-            route.fulfill(path=str(STATIC_DIR / path.removeprefix("/static/")), content_type="text/javascript")
+            route.fulfill(
+                path=str(STATIC_DIR / path.removeprefix("/static/")), content_type="text/javascript"
+            )
         elif path.startswith("/api/jobs/"):
             fetched.append(path)
             job_id = path.split("/")[3]
@@ -203,8 +205,8 @@ def test_job_stream_keeps_versions_resyncs_gaps_and_reconnects(chromium):
         ["snapshot", [3], {"job": a}],
         ["job", a, 4, "progress"],
         ["job", a, 6, "status"],
-        ["job", a, 7, "resync"],   # the gap 4 -> 6 made it re-read the job over REST
-        ["error", "forbidden"],    # the 7 sent after the re-read was dropped
+        ["job", a, 7, "resync"],  # the gap 4 -> 6 made it re-read the job over REST
+        ["error", "forbidden"],  # the 7 sent after the re-read was dropped
         ["snapshot", [9], {"scope": "all"}],
     ]
     assert fetched == [f"/api/jobs/{a}/"]
@@ -250,10 +252,19 @@ def test_operator_follows_and_cancels_jobs_live(chromium, stack, free_tcp_port, 
     page = context.new_page()
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
     failed: list[tuple[str, str, int]] = []
-    page.on("response", lambda r: r.status >= 400 and failed.append((r.request.method, urlparse(r.url).path, r.status)))
+    page.on(
+        "response",
+        lambda r: r.status >= 400 and failed.append((r.request.method, urlparse(r.url).path, r.status)),
+    )
     expected_noise = ("Failed to load resource", "WebSocket connection to")  # while the server is down
-    page.on("console", lambda msg: msg.type == "error" and not any(n in msg.text for n in expected_noise)
-            and problems.append(f"console: {msg.text}"))
+    page.on(
+        "console",
+        lambda msg: (
+            msg.type == "error"
+            and not any(n in msg.text for n in expected_noise)
+            and problems.append(f"console: {msg.text}")
+        ),
+    )
     try:
         # Log in through the login page.
         page.goto("/")
@@ -318,7 +329,10 @@ def test_operator_follows_and_cancels_jobs_live(chromium, stack, free_tcp_port, 
         expect(live).to_have_text("Reconnecting…")
         shot(page, "reconnecting", full_page=False)
         missed = services.job_create(owner=dora, type="sleep", params={"seconds": 0.2, "steps": 2})
-        wait_for(lambda: Job.objects.get(pk=missed.pk).status == JobStatus.SUCCEEDED, what="the job run while offline")
+        wait_for(
+            lambda: Job.objects.get(pk=missed.pk).status == JobStatus.SUCCEEDED,
+            what="the job run while offline",
+        )
         daphne = stack.start_daphne(free_tcp_port)
         expect(live).to_have_attribute("data-state", "live", timeout=45_000)
         missed_row = page.locator(f'tr[data-job-id="{missed.pk}"]')
@@ -333,7 +347,9 @@ def test_operator_follows_and_cancels_jobs_live(chromium, stack, free_tcp_port, 
         link = page.get_by_test_id("submitted-link")
         expect(link).not_to_have_attribute("href", f"/jobs/{job_id}/")
         primes_id = link.get_attribute("href").rstrip("/").rsplit("/", 1)[1]
-        expect(page.locator(f'tr[data-job-id="{primes_id}"]')).to_have_attribute("data-status", "running", timeout=30_000)
+        expect(page.locator(f'tr[data-job-id="{primes_id}"]')).to_have_attribute(
+            "data-status", "running", timeout=30_000
+        )
         assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
         link.click()
         expect(page).to_have_url(f"{base}/jobs/{primes_id}/")
@@ -343,7 +359,9 @@ def test_operator_follows_and_cancels_jobs_live(chromium, stack, free_tcp_port, 
         expect(page.locator('[data-field="params"]')).to_contain_text("3000000000")
         expect(page.get_by_test_id("job-log").locator('li[data-kind="status"]')).not_to_have_count(0)
         page.evaluate("window.__sameDocument = true")
-        wait_for(lambda: Job.objects.get(pk=primes_id).progress >= 1, timeout=60, what="the primes job to progress")
+        wait_for(
+            lambda: Job.objects.get(pk=primes_id).progress >= 1, timeout=60, what="the primes job to progress"
+        )
         expect(page.get_by_test_id("job-progress")).not_to_have_attribute("value", "0", timeout=10_000)
         shot(page, "detail-running")
 
@@ -436,14 +454,18 @@ def test_admin_change_list_shows_a_new_job_run_to_success_without_a_reload(
         page.click("input[type=submit]")
         expect(page).to_have_url(f"{base}/admin/tasks_app/job/")
         expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live", timeout=15_000)
-        expect(page.locator(f'[data-job-id="{earlier.pk}"][data-field="status"]')).to_have_text("Succeeded", timeout=30_000)
+        expect(page.locator(f'[data-job-id="{earlier.pk}"][data-field="status"]')).to_have_text(
+            "Succeeded", timeout=30_000
+        )
         page.evaluate("window.__sameDocument = true")
         shot(page, "change-list")
 
         token = Token.objects.create(user=admin_user).key
         response = requests.post(
-            f"{base}/api/jobs/", json={"type": "sleep", "params": {"seconds": 3, "steps": 6}},
-            headers={"Authorization": f"Token {token}"}, timeout=10,
+            f"{base}/api/jobs/",
+            json={"type": "sleep", "params": {"seconds": 3, "steps": 6}},
+            headers={"Authorization": f"Token {token}"},
+            timeout=10,
         )
         assert response.status_code == 202
         job_id = response.json()["id"]

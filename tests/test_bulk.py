@@ -7,11 +7,9 @@ checked by running the on-commit callbacks."""
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from datetime import timedelta
-from unittest import mock
 
 import pytest
 from django.db import connection
@@ -20,73 +18,16 @@ from django.utils import timezone
 
 from tasks_app import services
 from tasks_app.models import Job, JobEvent, JobEventKind, JobStatus
-from tasks_app.tasks import run_job
 
-pytestmark = pytest.mark.django_db
+from .conftest import assert_invalid, assert_problem, make_job, running_job, succeeded_job
 
-PROBLEM = "application/problem+json"
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker")]
+
 JOB_INSERT = re.compile(r'^\s*INSERT\s+INTO\s+"tasks_app_job"\s', re.IGNORECASE)
 EVENT_INSERT = re.compile(r'^\s*INSERT\s+INTO\s+"tasks_app_jobevent"\s', re.IGNORECASE)
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """The users of conftest.py have passwords; the default hasher costs ~0.1 s per user."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def broker():
-    """No broker and no Redis: the Celery publish and both live-update publishes are mocks."""
-    with (
-        mock.patch.object(run_job, "apply_async") as apply_async,
-        mock.patch("tasks_app.events.publish_job_message") as publish,
-        mock.patch("tasks_app.events.publish_job_messages") as publish_many,
-    ):
-        yield mock.Mock(apply_async=apply_async, publish=publish, publish_many=publish_many)
-
-
-def make_job(owner, type="sleep", params=None, **kwargs) -> Job:
-    params = {"seconds": 1} if params is None else params
-    return services.job_create(owner=owner, type=type, params=params, **kwargs)
-
-
-def running_job(owner, **kwargs) -> Job:
-    job = make_job(owner, **kwargs)
-    claimed = services.job_claim(job.pk, worker="w1")
-    assert claimed is not None and claimed.status == JobStatus.RUNNING
-    return claimed
-
-
-def succeeded_job(owner, **kwargs) -> Job:
-    job = running_job(owner, **kwargs)
-    done = services.job_succeed(job.pk, worker="w1", result={})
-    assert done is not None and done.status == JobStatus.SUCCEEDED
-    return done
-
-
-def assert_problem(response, status: int, code: str | None = None) -> dict:
-    """The response is RFC 9457 problem details with `status` (and `code`); returns the body."""
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].split(";")[0].strip() == PROBLEM
-    body = json.loads(response.content)
-    assert {"type", "title", "status", "code", "detail"} <= set(body), body
-    assert body["status"] == status
-    if code is not None:
-        assert body["code"] == code, body
-    return body
-
-
-def assert_invalid(response, *fields: str) -> list[dict]:
-    """A 400 validation problem naming exactly `fields`; returns the errors."""
-    body = assert_problem(response, 400, "invalid")
-    errors = body["errors"]
-    assert isinstance(errors, list) and errors, body
-    assert sorted({e["field"] for e in errors}) == sorted(fields), errors
-    return errors
 
 
 def bulk(client, jobs):
@@ -186,7 +127,9 @@ def test_bulk_query_count_does_not_grow_with_the_number_of_jobs(api, django_capt
     assert queries_for(2) == queries_for(30)
 
 
-def test_bulk_with_a_future_run_at_is_scheduled_and_not_dispatched(api, broker, django_capture_on_commit_callbacks):
+def test_bulk_with_a_future_run_at_is_scheduled_and_not_dispatched(
+    api, broker, django_capture_on_commit_callbacks
+):
     later = (timezone.now() + timedelta(hours=2)).isoformat()
     earlier = (timezone.now() - timedelta(minutes=5)).isoformat()
     with django_capture_on_commit_callbacks(execute=True):
@@ -218,19 +161,36 @@ def test_bulk_of_only_scheduled_jobs_dispatches_nothing(api, broker, django_capt
     ("bad", "fields"),
     [
         ({"type": "primes", "params": {"n": 1}}, ["jobs.3.params.n"]),
-        ({"type": "sleep", "params": {"seconds": "x", "steps": 0}}, ["jobs.3.params.seconds", "jobs.3.params.steps"]),
+        (
+            {"type": "sleep", "params": {"seconds": "x", "steps": 0}},
+            ["jobs.3.params.seconds", "jobs.3.params.steps"],
+        ),
         ({"type": "nope"}, ["jobs.3.type"]),
         ({"type": "sleep", "priority": 10}, ["jobs.3.priority"]),
         ({"type": "sleep", "bogus": 1}, ["jobs.3.bogus"]),
         ({"type": "sleep", "metadata": {"bad key": "x"}}, ["jobs.3.metadata.bad key"]),
         ({"params": {}}, ["jobs.3.type"]),
     ],
-    ids=["params-minimum", "two-params", "unknown-type", "priority", "unknown-field", "metadata-key", "no-type"],
+    ids=[
+        "params-minimum",
+        "two-params",
+        "unknown-type",
+        "priority",
+        "unknown-field",
+        "metadata-key",
+        "no-type",
+    ],
 )
 def test_one_invalid_job_refuses_the_whole_bulk_and_writes_nothing(
     api, broker, bad, fields, django_capture_on_commit_callbacks
 ):
-    submissions = [{"type": "sleep"}, {"type": "primes", "params": {"n": 10}}, {"type": "fail"}, bad, {"type": "sleep"}]
+    submissions = [
+        {"type": "sleep"},
+        {"type": "primes", "params": {"n": 10}},
+        {"type": "fail"},
+        bad,
+        {"type": "sleep"},
+    ]
     before = snapshot()
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = bulk(api, submissions)
@@ -242,7 +202,12 @@ def test_one_invalid_job_refuses_the_whole_bulk_and_writes_nothing(
 
 
 def test_errors_in_several_jobs_are_all_reported(api):
-    submissions = [{"type": "sleep"}, {"type": "nope"}, {"type": "sleep"}, {"type": "primes", "params": {"n": 0}}]
+    submissions = [
+        {"type": "sleep"},
+        {"type": "nope"},
+        {"type": "sleep"},
+        {"type": "primes", "params": {"n": 0}},
+    ]
     assert_invalid(bulk(api, submissions), "jobs.1.type", "jobs.3.params.n")
     assert snapshot() == (0, 0)
 
@@ -301,7 +266,7 @@ def alice_jobs(user):
         "queued_primes": make_job(user, type="primes", params={"n": 100}),
         "scheduled": make_job(user, run_at=timezone.now() + timedelta(hours=1)),
         "running": running_job(user),
-        "succeeded": succeeded_job(user),
+        "succeeded": succeeded_job(user, result={}),
         "cancelled": services.job_cancel(make_job(user).pk, actor=user),
     }
     failed = running_job(user, type="fail", params={})
@@ -324,7 +289,9 @@ def test_cancel_needs_a_filter(api, alice_jobs, body):
 
 def test_cancel_with_no_filter_says_so(api, alice_jobs):
     errors = assert_invalid(cancel(api, {}), "")
-    assert "ids" in errors[0]["message"] and "status" in errors[0]["message"] and "type" in errors[0]["message"]
+    assert (
+        "ids" in errors[0]["message"] and "status" in errors[0]["message"] and "type" in errors[0]["message"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -446,7 +413,7 @@ def test_jobs_cancel_counts_jobs_that_ended_meanwhile(user):
     """The view scopes the ids first; a job that ends before its turn is counted, not changed."""
     queued = make_job(user)
     running = running_job(user)
-    done = succeeded_job(user)
+    done = succeeded_job(user, result={})
     counts = services.jobs_cancel([queued.pk, running.pk, done.pk], actor=user)
     assert counts == {"cancelled": 1, "cancel_requested": 1, "already_finished": 1}
     assert state(done) == (JobStatus.SUCCEEDED, done.version, False)

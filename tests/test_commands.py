@@ -20,12 +20,6 @@ pytestmark = pytest.mark.django_db
 TOKEN = re.compile(r"^[0-9a-f]{40}$")
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """create_superuser and the users of conftest.py hash passwords; keep it cheap."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def var_dir(settings, tmp_path):
     """ensureadmin writes its password file under settings.VAR_DIR: keep it out of the checkout."""

@@ -134,7 +134,11 @@ def test_scope_all_is_for_staff_only(user, staff_user):
         if expect_snapshot:
             assert message["type"] == "snapshot" and len(message["jobs"]) == 1
         else:
-            assert message == {"type": "error", "code": "forbidden", "message": 'Only staff can subscribe to "all".'}
+            assert message == {
+                "type": "error",
+                "code": "forbidden",
+                "message": 'Only staff can subscribe to "all".',
+            }
         await communicator.disconnect()
 
     run(scenario(token_headers(user), False))
@@ -146,7 +150,12 @@ def test_bad_messages_get_an_error_not_a_disconnect(user):
 
     async def scenario():
         communicator, _ = await connect(headers)
-        for bad in ({"action": "dance"}, {"action": "subscribe"}, {"action": "subscribe", "scope": "everyone"}, [1, 2]):
+        for bad in (
+            {"action": "dance"},
+            {"action": "subscribe"},
+            {"action": "subscribe", "scope": "everyone"},
+            [1, 2],
+        ):
             await communicator.send_json_to(bad)
             message = await communicator.receive_json_from(timeout=5)
             assert message["type"] == "error" and message["code"] == "bad_request", bad
@@ -184,7 +193,14 @@ def test_snapshot_then_every_change_in_order_with_versions(user):
             received.append(await communicator.receive_json_from(timeout=5))
         assert all(m["type"] == "job" for m in received)
         assert [m["version"] for m in received] == [2, 3, 4, 5, 6, 7]
-        assert [m["event"] for m in received] == ["status", "progress", "progress", "progress", "log", "status"]
+        assert [m["event"] for m in received] == [
+            "status",
+            "progress",
+            "progress",
+            "progress",
+            "log",
+            "status",
+        ]
         assert [m["job"]["progress"] for m in received[1:4]] == [25, 50, 75]
         assert all(m["job"]["version"] == m["version"] for m in received)
         assert await communicator.receive_nothing(timeout=0.5)

@@ -39,7 +39,9 @@ def test_published_group_message_reaches_a_channel_layer_subscriber():
     message = {"type": "job.event", "event": "status", "version": 7, "job": {"id": "x", "version": 7}}
     publisher = GroupPublisher()
     got = asyncio.run(
-        _collect(["jobs.test.one"], lambda: publisher.send(["jobs.test.one"], message), until=lambda r: len(r) >= 1)
+        _collect(
+            ["jobs.test.one"], lambda: publisher.send(["jobs.test.one"], message), until=lambda r: len(r) >= 1
+        )
     )
     assert got == [message]
 
@@ -60,9 +62,25 @@ def test_a_job_lifecycle_arrives_in_order_with_increasing_versions(user):
     got = asyncio.run(
         _collect([owner_group(user.pk)], lifecycle, until=lambda r: r[-1]["job"]["status"] == "succeeded")
     )
-    assert [m["event"] for m in got] == ["created", "status", "progress", "progress", "progress", "log", "status"]
+    assert [m["event"] for m in got] == [
+        "created",
+        "status",
+        "progress",
+        "progress",
+        "progress",
+        "log",
+        "status",
+    ]
     assert [m["version"] for m in got] == list(range(1, 8))
-    assert [m["job"]["status"] for m in got] == ["queued", "running", "running", "running", "running", "running", "succeeded"]
+    assert [m["job"]["status"] for m in got] == [
+        "queued",
+        "running",
+        "running",
+        "running",
+        "running",
+        "running",
+        "succeeded",
+    ]
     assert [m["job"]["progress"] for m in got[2:5]] == [10, 50, 90]
     assert got[-1]["job"]["result"] == {"ok": True}
     assert all(m["job"]["id"] == str(created["id"]) for m in got)

@@ -44,12 +44,16 @@ def submit(user, type, **options):
 
 def terminal(job_id, timeout=60):
     return wait_for(
-        lambda: (job := Job.objects.get(pk=job_id)).is_terminal and job, timeout=timeout, what=f"job {job_id} to end"
+        lambda: (job := Job.objects.get(pk=job_id)).is_terminal and job,
+        timeout=timeout,
+        what=f"job {job_id} to end",
     )
 
 
 def completions(job) -> int:
-    return JobEvent.objects.filter(job=job, kind="status", status__in=["succeeded", "failed", "cancelled"]).count()
+    return JobEvent.objects.filter(
+        job=job, kind="status", status__in=["succeeded", "failed", "cancelled"]
+    ).count()
 
 
 def pool_pid(job) -> int:
@@ -58,7 +62,9 @@ def pool_pid(job) -> int:
 
 def test_sigkill_of_the_pool_process_running_a_job_runs_it_again(cluster, user):
     job = submit(user, "sleep", params={"seconds": 3, "steps": 3})
-    running = wait_for(lambda: (j := Job.objects.get(pk=job.pk)).status == JobStatus.RUNNING and j, what="running")
+    running = wait_for(
+        lambda: (j := Job.objects.get(pk=job.pk)).status == JobStatus.RUNNING and j, what="running"
+    )
     os.kill(pool_pid(running), signal.SIGKILL)
     done = terminal(job.pk)
     assert done.status == JobStatus.SUCCEEDED, cluster.log_tail("worker")
@@ -110,7 +116,9 @@ def test_cooperative_cancel_of_a_running_primes_job(cluster, user):
 
 def test_a_job_that_ignores_cancel_is_terminated_after_the_grace(cluster, user):
     job = submit(user, "stuck", params={"seconds": 120})
-    running = wait_for(lambda: (j := Job.objects.get(pk=job.pk)).status == JobStatus.RUNNING and j, what="running")
+    running = wait_for(
+        lambda: (j := Job.objects.get(pk=job.pk)).status == JobStatus.RUNNING and j, what="running"
+    )
     services.job_cancel(job.pk, actor=user)
     done = terminal(job.pk, timeout=30)
     assert done.status == JobStatus.CANCELLED

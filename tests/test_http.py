@@ -12,54 +12,25 @@ import json
 import re
 import time
 from datetime import datetime, timedelta
-from unittest import mock
 from urllib.parse import urlparse
 
 import pytest
 import yaml
-from django.core.cache import cache
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from tasks_app import services
 from tasks_app.models import Job, JobEvent, JobEventKind, JobStatus
-from tasks_app.tasks import run_job
 
-pytestmark = pytest.mark.django_db
+from .conftest import PROBLEM_TEXT, detail_url, make_job, post_job, problem_asserts
 
-PROBLEM = "application/problem+json"
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker")]
 
 
 # --- helpers --------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """The users of conftest.py have passwords; the default hasher costs ~0.1 s per user."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def broker():
-    """No broker and no Redis: the Celery publish and the live-update publish are mocks."""
-    with (
-        mock.patch.object(run_job, "apply_async") as apply_async,
-        mock.patch("tasks_app.events.publish_job_message") as publish,
-    ):
-        yield mock.Mock(apply_async=apply_async, publish=publish)
-
-
-@pytest.fixture(autouse=True)
-def clean_throttle_cache():
-    """Throttle counters live in the default cache; no test may inherit another's."""
-    cache.clear()
-    yield
-    cache.clear()
-
-
-def make_job(owner, type="sleep", params=None, **kwargs) -> Job:
-    params = {"seconds": 1} if params is None else params
-    return services.job_create(owner=owner, type=type, params=params, **kwargs)
+assert_problem, assert_invalid = problem_asserts(filled=PROBLEM_TEXT, error_members=True)
 
 
 def finish_job(job: Job, *, succeed: bool = True) -> Job:
@@ -71,41 +42,6 @@ def finish_job(job: Job, *, succeed: bool = True) -> Job:
         done = services.job_fail(job.pk, worker="w1", error={"type": "DemoError", "message": "boom"})
     assert done is not None and done.is_terminal
     return done
-
-
-def detail_url(job_id) -> str:
-    return f"/api/jobs/{job_id}/"
-
-
-def assert_problem(response, status: int, code: str | None = None) -> dict:
-    """The response is RFC 9457 problem details with `status` (and `code`); returns the body."""
-    assert response.status_code == status, response.content[:2000]
-    assert response["Content-Type"].split(";")[0].strip() == PROBLEM, response["Content-Type"]
-    body = json.loads(response.content)
-    assert {"type", "title", "status", "code", "detail"} <= set(body), body
-    assert body["status"] == status
-    assert isinstance(body["type"], str) and body["type"]
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["code"], str) and body["code"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    if code is not None:
-        assert body["code"] == code, body
-    return body
-
-
-def assert_invalid(response, *fields: str) -> list[dict]:
-    """A 400 validation problem naming exactly `fields` (in any order); returns the errors."""
-    body = assert_problem(response, 400, "invalid")
-    errors = body["errors"]
-    assert isinstance(errors, list) and errors, body
-    for error in errors:
-        assert set(error) == {"field", "message", "code"}, error
-    assert sorted({e["field"] for e in errors}) == sorted(fields), errors
-    return errors
-
-
-def post_job(client, body, **kwargs):
-    return client.post("/api/jobs/", body, format="json", **kwargs)
 
 
 def iso(moment: datetime) -> str:
@@ -188,8 +124,11 @@ def test_a_job_that_has_not_ended_has_retry_after_a_terminal_one_has_none(api, u
     services.job_claim(running.pk, worker="w1")
     assert int(api.get(detail_url(running.pk))["Retry-After"]) >= 1
 
-    for ended in (finish_job(make_job(user)), finish_job(make_job(user), succeed=False),
-                  services.job_cancel(make_job(user).pk, actor=user)):
+    for ended in (
+        finish_job(make_job(user)),
+        finish_job(make_job(user), succeed=False),
+        services.job_cancel(make_job(user).pk, actor=user),
+    ):
         response = api.get(detail_url(ended.pk))
         assert response.status_code == 200
         assert response.json()["status"] in {"succeeded", "failed", "cancelled"}
@@ -247,7 +186,9 @@ def test_priority_bounds_are_accepted_and_stored(api, priority):
     assert Job.objects.get().priority == priority
 
 
-def test_run_at_in_the_future_schedules_and_does_not_dispatch(api, user, broker, django_capture_on_commit_callbacks):
+def test_run_at_in_the_future_schedules_and_does_not_dispatch(
+    api, user, broker, django_capture_on_commit_callbacks
+):
     run_at = (timezone.now() + timedelta(hours=2)).replace(microsecond=0)
     with django_capture_on_commit_callbacks(execute=True):
         response = post_job(api, {"type": "sleep", "run_at": iso(run_at)})
@@ -295,7 +236,9 @@ def test_run_at_without_a_time_zone_is_400(api):
 
 
 @pytest.mark.parametrize(
-    "run_at", ["tomorrow", "2030-13-01T00:00:00Z", 1700000000, True, "", "9999-12-31T23:59:59-01:00"], ids=repr
+    "run_at",
+    ["tomorrow", "2030-13-01T00:00:00Z", 1700000000, True, "", "9999-12-31T23:59:59-01:00"],
+    ids=repr,
 )
 def test_run_at_that_is_not_a_datetime_is_400(api, run_at):
     assert_invalid(post_job(api, {"type": "sleep", "run_at": run_at}), "run_at")
@@ -351,7 +294,14 @@ def test_max_attempts_is_stored(api, max_attempts):
 
 @pytest.mark.parametrize(
     "url",
-    ["ftp://example.com/hook", "not a url", "example.com/hook", "javascript:alert(1)", "file:///etc/passwd", 42],
+    [
+        "ftp://example.com/hook",
+        "not a url",
+        "example.com/hook",
+        "javascript:alert(1)",
+        "file:///etc/passwd",
+        42,
+    ],
     ids=repr,
 )
 def test_invalid_callback_url_is_400(api, url):
@@ -362,7 +312,9 @@ def test_invalid_callback_url_is_400(api, url):
 def test_a_loopback_callback_url_is_refused_unless_its_host_is_allowed(api, settings):
     """SSRF guard (the webhooks tests have the full matrix); a named host can be allowed for
     development."""
-    assert_invalid(post_job(api, {"type": "sleep", "callback_url": "http://127.0.0.1:9000/cb"}), "callback_url")
+    assert_invalid(
+        post_job(api, {"type": "sleep", "callback_url": "http://127.0.0.1:9000/cb"}), "callback_url"
+    )
     settings.LONGRUN = {**settings.LONGRUN, "WEBHOOK_ALLOWED_PRIVATE_HOSTS": ["127.0.0.1"]}
     assert post_job(api, {"type": "sleep", "callback_url": "http://127.0.0.1:9000/cb"}).status_code == 202
 
@@ -424,10 +376,14 @@ def test_fifty_metadata_keys_are_accepted(api):
     [
         pytest.param({"type": "fail", "params": {"message": "a\u0000b"}}, "params", id="params-value"),
         pytest.param({"type": "sleep", "params": {"\u0000": 1}}, "params", id="params-key"),
-        pytest.param({"type": "sleep", "metadata": {"note": "a\u0000b"}}, "metadata.note", id="metadata-value"),
+        pytest.param(
+            {"type": "sleep", "metadata": {"note": "a\u0000b"}}, "metadata.note", id="metadata-value"
+        ),
         pytest.param({"type": "sleep", "metadata": {"no\u0000te": "x"}}, "metadata", id="metadata-key"),
         pytest.param({"type": "sle\u0000ep"}, "type", id="type"),
-        pytest.param({"type": "sleep", "callback_url": "https://example.com/\u0000"}, "callback_url", id="callback"),
+        pytest.param(
+            {"type": "sleep", "callback_url": "https://example.com/\u0000"}, "callback_url", id="callback"
+        ),
     ],
 )
 def test_a_nul_character_is_400_never_500(api, body, field):
@@ -534,7 +490,10 @@ def test_a_promoted_job_then_shows_as_queued_over_the_api(api, user, django_capt
 
 @pytest.mark.parametrize(
     ("url", "document"),
-    [("/api/jobs/", {"type": "fail", "params": {"message": "x"}}), ("/api/jobs/bulk/", {"jobs": [{"type": "sleep"}]})],
+    [
+        ("/api/jobs/", {"type": "fail", "params": {"message": "x"}}),
+        ("/api/jobs/bulk/", {"jobs": [{"type": "sleep"}]}),
+    ],
     ids=["submit", "bulk"],
 )
 def test_a_body_over_the_limit_is_413_problem_and_writes_nothing(api, settings, url, document):
@@ -608,7 +567,9 @@ def test_multipart_is_415(api):
 
 
 def test_json_with_a_charset_is_accepted(api):
-    response = api.post("/api/jobs/", data='{"type": "sleep"}', content_type="application/json; charset=utf-8")
+    response = api.post(
+        "/api/jobs/", data='{"type": "sleep"}', content_type="application/json; charset=utf-8"
+    )
     assert response.status_code == 202, response.content
 
 
@@ -631,7 +592,9 @@ def test_non_finite_and_huge_numbers_are_400_not_500(api, body):
 
 
 def test_unknown_top_level_fields_are_400(api):
-    errors = assert_invalid(post_job(api, {"type": "sleep", "colour": "red", "retries": 3}), "colour", "retries")
+    errors = assert_invalid(
+        post_job(api, {"type": "sleep", "colour": "red", "retries": 3}), "colour", "retries"
+    )
     assert {e["message"] for e in errors} == {"Unknown field."}
     assert Job.objects.count() == 0
 
@@ -655,13 +618,22 @@ def test_every_4xx_is_problem_details(api, user, other_user, settings):
         "404-events": (api.get(f"/api/jobs/{other.pk}/events/"), 404),
         "405": (api.delete(detail_url(job.pk)), 405),
         "409": (api.post(f"/api/jobs/{ended.pk}/cancel/"), 409),
-        "413": (api.post("/api/jobs/", data='{"type":"sleep"}' + " " * 2_000, content_type="application/json"), 413),
-        "415": (api.post("/api/jobs/", data="type=sleep", content_type="application/x-www-form-urlencoded"), 415),
+        "413": (
+            api.post("/api/jobs/", data='{"type":"sleep"}' + " " * 2_000, content_type="application/json"),
+            413,
+        ),
+        "415": (
+            api.post("/api/jobs/", data="type=sleep", content_type="application/x-www-form-urlencoded"),
+            415,
+        ),
         "422": None,
     }
     first = api.post("/api/jobs/", {"type": "sleep"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
     assert first.status_code == 202
-    samples["422"] = (api.post("/api/jobs/", {"type": "primes"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1"), 422)
+    samples["422"] = (
+        api.post("/api/jobs/", {"type": "primes"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1"),
+        422,
+    )
     for name, (response, status) in samples.items():
         try:
             assert_problem(response, status)
@@ -738,13 +710,23 @@ def test_stats_counts_only_the_visible_jobs_per_status_and_type(api, staff_api, 
     mine = _stats(api)
     assert set(mine) == {"by_status", "by_type", "finished_per_minute"}
     assert mine["by_status"] == {
-        "scheduled": 1, "queued": 2, "running": 1, "succeeded": 1, "failed": 1, "cancelled": 1,
+        "scheduled": 1,
+        "queued": 2,
+        "running": 1,
+        "succeeded": 1,
+        "failed": 1,
+        "cancelled": 1,
     }
     assert mine["by_type"] == {"sleep": 5, "primes": 1, "fail": 1}
 
     everyone = _stats(staff_api)
     assert everyone["by_status"] == {
-        "scheduled": 1, "queued": 4, "running": 1, "succeeded": 2, "failed": 1, "cancelled": 1,
+        "scheduled": 1,
+        "queued": 4,
+        "running": 1,
+        "succeeded": 2,
+        "failed": 1,
+        "cancelled": 1,
     }
     assert everyone["by_type"] == {"sleep": 7, "primes": 2, "fail": 1}
 

@@ -10,7 +10,6 @@ threaded test, where on-commit callbacks really run)."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from datetime import timedelta
@@ -24,61 +23,18 @@ from django.utils import timezone
 
 from tasks_app import services
 from tasks_app.models import IdempotencyKey, Job, JobEvent
-from tasks_app.tasks import run_job
 
-from .conftest import token_client
+from .conftest import post_job, problem_asserts, token_client
 
-PROBLEM = "application/problem+json"
+pytestmark = pytest.mark.usefixtures("broker")
+
 BODY = {"type": "sleep", "params": {"seconds": 1, "steps": 2}, "priority": 6}
 
 
 # --- helpers --------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """The users of conftest.py have passwords; the default hasher costs ~0.1 s per user."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def broker():
-    """No broker and no Redis: the Celery publish and the live-update publish are mocks."""
-    with (
-        mock.patch.object(run_job, "apply_async") as apply_async,
-        mock.patch("tasks_app.events.publish_job_message") as publish,
-    ):
-        yield mock.Mock(apply_async=apply_async, publish=publish)
-
-
-def post_job(client, body, key=None, **kwargs):
-    if key is not None:
-        kwargs["HTTP_IDEMPOTENCY_KEY"] = key
-    if isinstance(body, (str, bytes)):
-        return client.post("/api/jobs/", data=body, content_type="application/json", **kwargs)
-    return client.post("/api/jobs/", body, format="json", **kwargs)
-
-
-def assert_problem(response, status: int, code: str | None = None) -> dict:
-    """The response is RFC 9457 problem details with `status` (and `code`); returns the body."""
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].split(";")[0].strip() == PROBLEM
-    body = json.loads(response.content)
-    assert {"type", "title", "status", "code", "detail"} <= set(body), body
-    assert body["status"] == status
-    assert isinstance(body["detail"], str) and body["detail"]
-    if code is not None:
-        assert body["code"] == code, body
-    return body
-
-
-def assert_invalid(response, *fields: str) -> list[dict]:
-    """A 400 validation problem naming exactly `fields`; returns the errors."""
-    body = assert_problem(response, 400, "invalid")
-    errors = body["errors"]
-    assert isinstance(errors, list) and errors, body
-    assert sorted({e["field"] for e in errors}) == sorted(fields), errors
-    return errors
+assert_problem, assert_invalid = problem_asserts(filled=("detail",))
 
 
 def counts() -> tuple[int, int, int]:
@@ -149,9 +105,9 @@ def test_requests_without_a_key_are_not_deduplicated(api):
 
 @pytest.mark.django_db
 def test_body_key_order_and_spacing_do_not_matter(api):
-    first = post_job(api, '{"type": "sleep", "priority": 6, "params": {"seconds": 1, "steps": 2}}', key="k")
+    first = post_job(api, b'{"type": "sleep", "priority": 6, "params": {"seconds": 1, "steps": 2}}', key="k")
     assert first.status_code == 202, first.content
-    again = post_job(api, '{"params":{"steps":2,"seconds":1},"priority":6,"type":"sleep"}', key="k")
+    again = post_job(api, b'{"params":{"steps":2,"seconds":1},"priority":6,"type":"sleep"}', key="k")
     assert again.status_code == 202, again.content
     assert again["Idempotent-Replayed"] == "true"
     assert again.json()["id"] == first.json()["id"]
@@ -164,7 +120,9 @@ def test_fingerprint_is_canonical_and_tells_bodies_apart():
     assert a == b
     assert len(a) == 64 and int(a, 16) >= 0
     assert a != services.request_fingerprint({"type": "sleep", "params": {"seconds": 2, "steps": 2}})
-    assert a != services.request_fingerprint({"type": "sleep", "params": {"seconds": 1, "steps": 2}, "priority": 5})
+    assert a != services.request_fingerprint(
+        {"type": "sleep", "params": {"seconds": 1, "steps": 2}, "priority": 5}
+    )
 
 
 # --- conflicts ------------------------------------------------------------------------------
@@ -245,7 +203,8 @@ def test_malformed_key_is_400_naming_the_header(api, key, broker, django_capture
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    "key", ["a" * 255, "x", "!~#$%&'*+-.^_`|", "9f1c2d3e-0b4a-4c5d-8e6f-7a8b9c0d1e2f"],
+    "key",
+    ["a" * 255, "x", "!~#$%&'*+-.^_`|", "9f1c2d3e-0b4a-4c5d-8e6f-7a8b9c0d1e2f"],
     ids=["255-chars", "one-char", "punctuation", "uuid"],
 )
 def test_well_formed_keys_are_accepted(api, key):
@@ -288,7 +247,9 @@ def test_invalid_body_stores_no_key_so_a_corrected_retry_succeeds(api, broker, b
 
 
 def _age(key_obj: IdempotencyKey, seconds: float) -> None:
-    IdempotencyKey.objects.filter(pk=key_obj.pk).update(created_at=timezone.now() - timedelta(seconds=seconds))
+    IdempotencyKey.objects.filter(pk=key_obj.pk).update(
+        created_at=timezone.now() - timedelta(seconds=seconds)
+    )
 
 
 @pytest.mark.django_db

@@ -18,7 +18,9 @@ def finished(job_id):
 
 
 def test_submitted_job_runs_on_a_real_worker_and_succeeds(api, shared_worker):
-    response = api.post("/api/jobs/", {"type": "sleep", "params": {"seconds": 0.5, "steps": 5}}, format="json")
+    response = api.post(
+        "/api/jobs/", {"type": "sleep", "params": {"seconds": 0.5, "steps": 5}}, format="json"
+    )
     assert response.status_code == 202, response.content
     job = wait_for(lambda: finished(response.data["id"]), timeout=30, what="the job to finish")
     assert job.status == JobStatus.SUCCEEDED, shared_worker.log_tail("shared")
@@ -57,5 +59,8 @@ def test_the_same_message_delivered_twice_at_once_runs_the_job_once(user, shared
     assert job.attempts == 1
     running_events = JobEvent.objects.filter(job=job, kind="status", status="running")
     assert running_events.count() == 1
-    wait_for(lambda: "not claimed" in shared_worker.log_tail("shared", 20000), timeout=10, what="the duplicate to be skipped")
-
+    wait_for(
+        lambda: "not claimed" in shared_worker.log_tail("shared", 20000),
+        timeout=10,
+        what="the duplicate to be skipped",
+    )

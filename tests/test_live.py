@@ -108,7 +108,9 @@ def test_waiting_clients_hold_no_thread_and_no_database_connection(daphne, queue
     assert elapsed < 9, f"20 waits of 3 s took {elapsed:.1f}s"
     # The shared pool that runs the short reads may grow to its bound; a thread per client would be 20.
     pool_bound = min(32, (os.cpu_count() or 1) + 4)
-    assert threads_during - threads_before <= pool_bound < 20, f"{threads_during - threads_before} new threads"
+    assert threads_during - threads_before <= pool_bound < 20, (
+        f"{threads_during - threads_before} new threads"
+    )
     if is_postgres:
         assert during - baseline <= 1, f"{during - baseline} connections held while waiting"
     assert Job.objects.get(pk=queued_job.pk).version == 1

@@ -24,7 +24,11 @@ def live_system(stack, free_tcp_port, user):
     stack.start_ready_worker("worker", concurrency=2)
     stack.start_daphne(free_tcp_port)
     token = Token.objects.create(user=user).key
-    return {"base": f"http://127.0.0.1:{free_tcp_port}", "ws": f"ws://127.0.0.1:{free_tcp_port}/ws/jobs/", "token": token}
+    return {
+        "base": f"http://127.0.0.1:{free_tcp_port}",
+        "ws": f"ws://127.0.0.1:{free_tcp_port}/ws/jobs/",
+        "token": token,
+    }
 
 
 def test_a_websocket_client_sees_a_job_from_queued_to_succeeded(live_system):
@@ -35,8 +39,11 @@ def test_a_websocket_client_sees_a_job_from_queued_to_succeeded(live_system):
             await socket.send(json.dumps({"action": "subscribe", "scope": "mine"}))
             assert json.loads(await socket.recv())["type"] == "snapshot"
             response = await asyncio.to_thread(
-                requests.post, f"{live_system['base']}/api/jobs/",
-                json={"type": "sleep", "params": {"seconds": 1.5, "steps": 5}}, headers=headers, timeout=10,
+                requests.post,
+                f"{live_system['base']}/api/jobs/",
+                json={"type": "sleep", "params": {"seconds": 1.5, "steps": 5}},
+                headers=headers,
+                timeout=10,
             )
             assert response.status_code == 202
             job_id = response.json()["id"]
@@ -86,7 +93,10 @@ def test_an_sse_client_reconnecting_with_last_event_id_gets_exactly_what_it_miss
     headers = {"Authorization": f"Token {live_system['token']}"}
     base = live_system["base"]
     job_id = requests.post(
-        f"{base}/api/jobs/", json={"type": "fail", "params": {"delay": 2, "message": "late"}}, headers=headers, timeout=10
+        f"{base}/api/jobs/",
+        json={"type": "fail", "params": {"delay": 2, "message": "late"}},
+        headers=headers,
+        timeout=10,
     ).json()["id"]
     wait_for(lambda: Job.objects.get(pk=job_id).status == JobStatus.RUNNING, what="the job to run")
 
@@ -98,11 +108,16 @@ def test_an_sse_client_reconnecting_with_last_event_id_gets_exactly_what_it_miss
     assert frames[-1]["event"] == "job" and frames[-1]["data"]["job"]["status"] == "running"
 
     wait_for(lambda: Job.objects.get(pk=job_id).is_terminal, timeout=30, what="the job to end while away")
-    missed = requests.get(f"{base}/api/jobs/{job_id}/events/", params={"after": seen}, headers=headers, timeout=10).json()
+    missed = requests.get(
+        f"{base}/api/jobs/{job_id}/events/", params={"after": seen}, headers=headers, timeout=10
+    ).json()
     assert missed, "the job must have changed while the client was away"
 
     with requests.get(
-        f"{base}/api/jobs/{job_id}/stream/", headers={**headers, "Last-Event-ID": str(seen)}, stream=True, timeout=30
+        f"{base}/api/jobs/{job_id}/stream/",
+        headers={**headers, "Last-Event-ID": str(seen)},
+        stream=True,
+        timeout=30,
     ) as again:
         frames = read_sse(again, until=lambda f: False)  # the stream closes: the job has ended
     history = [f for f in frames if f["event"] == "history"]
@@ -116,10 +131,15 @@ def test_an_open_sse_stream_follows_the_job_live_and_closes_when_it_ends(live_sy
     headers = {"Authorization": f"Token {live_system['token']}"}
     base = live_system["base"]
     job_id = requests.post(
-        f"{base}/api/jobs/", json={"type": "sleep", "params": {"seconds": 1.5, "steps": 3}}, headers=headers, timeout=10
+        f"{base}/api/jobs/",
+        json={"type": "sleep", "params": {"seconds": 1.5, "steps": 3}},
+        headers=headers,
+        timeout=10,
     ).json()["id"]
     started = time.monotonic()
-    with requests.get(f"{base}/api/jobs/{job_id}/stream/", headers=headers, stream=True, timeout=30) as response:
+    with requests.get(
+        f"{base}/api/jobs/{job_id}/stream/", headers=headers, stream=True, timeout=30
+    ) as response:
         frames = read_sse(response, until=lambda f: False)
     assert time.monotonic() - started < 25
     jobs = [f["data"]["job"] for f in frames if f["event"] == "job"]
@@ -132,7 +152,9 @@ def test_an_open_sse_stream_follows_the_job_live_and_closes_when_it_ends(live_sy
 def test_streams_refuse_anonymous_and_foreign_jobs(live_system, other_user):
     base = live_system["base"]
     headers = {"Authorization": f"Token {live_system['token']}"}
-    job_id = requests.post(f"{base}/api/jobs/", json={"type": "sleep"}, headers=headers, timeout=10).json()["id"]
+    job_id = requests.post(f"{base}/api/jobs/", json={"type": "sleep"}, headers=headers, timeout=10).json()[
+        "id"
+    ]
     assert requests.get(f"{base}/api/jobs/{job_id}/stream/", timeout=10).status_code == 401
     assert requests.get(f"{base}/api/jobs/stream/", timeout=10).status_code == 401
     other = {"Authorization": f"Token {Token.objects.create(user=other_user).key}"}
@@ -144,10 +166,16 @@ def test_streams_refuse_anonymous_and_foreign_jobs(live_system, other_user):
 def test_the_all_my_jobs_stream_opens_with_a_snapshot_and_follows_new_jobs(live_system):
     base = live_system["base"]
     headers = {"Authorization": f"Token {live_system['token']}"}
-    first = requests.post(f"{base}/api/jobs/", json={"type": "sleep", "params": {"seconds": 0}}, headers=headers, timeout=10)
+    first = requests.post(
+        f"{base}/api/jobs/", json={"type": "sleep", "params": {"seconds": 0}}, headers=headers, timeout=10
+    )
     with requests.get(f"{base}/api/jobs/stream/", headers=headers, stream=True, timeout=30) as response:
         frames = read_sse(response, until=lambda f: len(f) >= 1)
         assert frames[0]["data"]["job"]["id"] == first.json()["id"]
-        second = requests.post(f"{base}/api/jobs/", json={"type": "sleep", "params": {"seconds": 0}}, headers=headers, timeout=10)
-        more = read_sse(response, until=lambda f: any(x["data"]["job"]["id"] == second.json()["id"] for x in f))
+        second = requests.post(
+            f"{base}/api/jobs/", json={"type": "sleep", "params": {"seconds": 0}}, headers=headers, timeout=10
+        )
+        more = read_sse(
+            response, until=lambda f: any(x["data"]["job"]["id"] == second.json()["id"] for x in f)
+        )
     assert any(f["id"].startswith(second.json()["id"] + ":") for f in more)

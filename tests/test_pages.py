@@ -20,6 +20,8 @@ from tasks_app import services
 from tasks_app.models import Job, JobStatus
 from tasks_app.serializers import JobSerializer
 
+from .conftest import session_client
+
 pytestmark = pytest.mark.django_db
 
 STATIC_DIR = Path(settings.BASE_DIR) / "tasks_app" / "static" / "tasks_app"
@@ -42,20 +44,18 @@ def no_dispatch(monkeypatch):
 
 @pytest.fixture
 def browser(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
+    return session_client(user)
 
 
 @pytest.fixture
 def staff_browser(staff_user) -> Client:
-    client = Client()
-    client.force_login(staff_user)
-    return client
+    return session_client(staff_user)
 
 
 def page_config(response, element_id: str) -> dict:
-    match = re.search(rf'<script id="{element_id}" type="application/json">(.*?)</script>', response.content.decode(), re.S)
+    match = re.search(
+        rf'<script id="{element_id}" type="application/json">(.*?)</script>', response.content.decode(), re.S
+    )
     assert match, f"no #{element_id} in the page"
     return json.loads(match.group(1))
 
@@ -95,7 +95,9 @@ def test_login_page_renders_a_labelled_form(client):
 
 
 def test_logging_in_leads_to_the_dashboard(client, user):
-    response = client.post("/accounts/login/", {"username": "alice", "password": "alice-password-123", "next": "/"})
+    response = client.post(
+        "/accounts/login/", {"username": "alice", "password": "alice-password-123", "next": "/"}
+    )
     assert response.status_code == 302 and response["Location"] == "/"
     assert client.get("/").status_code == 200
 
@@ -248,7 +250,9 @@ def test_static_files_the_pages_reference_exist(browser, user):
         referenced.update(parser.urls)
     assert referenced, "no assets found"
     for url in referenced:
-        assert url.startswith(settings.STATIC_URL if settings.STATIC_URL.startswith("/") else "/" + settings.STATIC_URL)
+        assert url.startswith(
+            settings.STATIC_URL if settings.STATIC_URL.startswith("/") else "/" + settings.STATIC_URL
+        )
         name = url.split("static/", 1)[1]
         assert finders.find(name), f"{url} is referenced but no finder has it"
     # ES modules import each other by relative path; every import must resolve too.

@@ -18,24 +18,12 @@ from tasks_app.exceptions import JobCancelled
 from tasks_app.models import Job, JobEvent, JobEventKind, JobStatus
 from tasks_app.runner import JobContext, execute_job
 
-pytestmark = pytest.mark.django_db
+# Nothing here should leave the process (conftest's `broker`); on-commit hooks only run if a
+# test commits.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker")]
 
 WORKER = "test-host:4242"
 ANY_PARAMS = {"type": "object"}
-
-
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def no_broker_no_redis():
-    """Nothing here should leave the process; on-commit hooks only run if a test commits."""
-    from tasks_app.tasks import run_job
-
-    with mock.patch("tasks_app.events.publish_job_message"), mock.patch.object(run_job, "apply_async"):
-        yield
 
 
 @pytest.fixture
@@ -60,6 +48,14 @@ def submit(owner, type_: str, params: dict | None = None) -> Job:
 
 def reload(job) -> Job:
     return Job.objects.get(pk=job.pk)
+
+
+def execute_or_fail(job) -> str:
+    """`execute_job`, which must not raise whatever the job does; returns the outcome."""
+    try:
+        return execute_job(str(job.pk), worker=WORKER)
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"execute_job raised {type(exc).__name__}: {exc}; the job is left {reload(job).status}")
 
 
 def kinds(job) -> list[tuple[str, str]]:
@@ -124,7 +120,10 @@ def test_fail_job_with_a_chosen_error_and_a_log_line(user):
     assert done.error == {"type": "ZeroDivisionError", "message": "nothing to divide"}
     assert "ZeroDivisionError: nothing to divide" in done.traceback
     assert kinds(job) == [
-        ("created", "queued"), ("status", "running"), ("log", "running"), ("status", "failed")
+        ("created", "queued"),
+        ("status", "running"),
+        ("log", "running"),
+        ("status", "failed"),
     ]
     assert JobEvent.objects.get(job=job, kind=JobEventKind.LOG).message == "Failing in 0.01 seconds."
 
@@ -249,10 +248,7 @@ def test_a_result_with_non_finite_floats_fails_the_job_clearly(user, define, res
     """NaN and Infinity are not JSON (RFC 8259); the databases' JSON columns refuse them.
     The job must end failed with a clear error, not crash the runner and stay running."""
     job = submit(user, define("test-nan-result", lambda ctx: result))
-    try:
-        outcome = execute_job(str(job.pk), worker=WORKER)
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"execute_job raised {type(exc).__name__}: {exc}; the job is left {reload(job).status}")
+    outcome = execute_or_fail(job)
     assert outcome == "failed"
     done = reload(job)
     assert done.status == JobStatus.FAILED
@@ -263,10 +259,7 @@ def test_a_result_with_non_finite_floats_fails_the_job_clearly(user, define, res
 def test_a_result_with_a_nul_character_is_stored_or_fails_clearly(user, define):
     """PostgreSQL's jsonb cannot hold \\u0000. Whatever the database, the job must end."""
     job = submit(user, define("test-nul-result", lambda ctx: {"text": "a\x00b"}))
-    try:
-        outcome = execute_job(str(job.pk), worker=WORKER)
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"execute_job raised {type(exc).__name__}: {exc}; the job is left {reload(job).status}")
+    outcome = execute_or_fail(job)
     done = reload(job)
     assert outcome in {"succeeded", "failed"}
     assert done.is_terminal
@@ -281,10 +274,7 @@ def test_an_error_message_with_a_nul_character_still_fails_the_job(user, define)
         raise ValueError("unexpected byte \x00 at offset 3")
 
     job = submit(user, define("test-nul-error", raises_nul))
-    try:
-        outcome = execute_job(str(job.pk), worker=WORKER)
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"execute_job raised {type(exc).__name__}: {exc}; the job is left {reload(job).status}")
+    outcome = execute_or_fail(job)
     assert outcome == "failed"
     done = reload(job)
     assert done.status == JobStatus.FAILED

@@ -39,5 +39,6 @@ def test_api_conforms_to_its_schema(case, token):
     # Every default check but "positive data acceptance": a schema-valid request may still be
     # refused for reasons no schema states (an Idempotency-Key reused with another body: 422).
     case.call_and_validate(
-        headers={"Authorization": f"Token {token}"}, excluded_checks=[schemathesis.checks.positive_data_acceptance]
+        headers={"Authorization": f"Token {token}"},
+        excluded_checks=[schemathesis.checks.positive_data_acceptance],
     )

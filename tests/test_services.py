@@ -35,12 +35,6 @@ W2 = "host-b:202"
 
 
 @pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    """The user fixtures hash a password; the production hasher costs ~0.3 s a user."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
 def published():
     """`events.publish_job_message`, mocked: what would go to the live channels."""
     with mock.patch("tasks_app.events.publish_job_message", autospec=True) as m:
@@ -953,8 +947,16 @@ def test_every_change_is_one_version_and_events_carry_their_version(user, publis
         services.job_fail(job.pk, worker=W2, error={"type": "E", "message": "m"})
 
     assert [e for e, _, _ in sent(published)] == [
-        "created", "status", "log", "progress", "cancel_requested",
-        "status", "status", "status", "progress", "status",
+        "created",
+        "status",
+        "log",
+        "progress",
+        "cancel_requested",
+        "status",
+        "status",
+        "status",
+        "progress",
+        "status",
     ]
     versions = [v for _, v, _ in sent(published)]
     assert versions == list(range(1, 11))  # every change published once, +1 each
@@ -1039,5 +1041,7 @@ def test_concurrent_succeed_and_cancel_agree(user):
         seqs = [seq for seq, _, _ in history(job)]
         assert seqs == sorted(set(seqs))
         assert seqs[-1] == stored.version
-        terminal_entries = [status for _, _, status in history(job) if status in ("succeeded", "failed", "cancelled")]
+        terminal_entries = [
+            status for _, _, status in history(job) if status in ("succeeded", "failed", "cancelled")
+        ]
         assert terminal_entries == [stored.status]

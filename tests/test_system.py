@@ -26,7 +26,9 @@ def system(stack, tmp_path, free_tcp_port):
     redis = stack.start_redis(redis_port, tmp_path / "redis", persistent=False)
     stack.env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     # Short leases and sweeps, so recovery happens within the test's patience.
-    stack.env.update({"LONGRUN_LEASE_SECONDS": "4", "LONGRUN_HEARTBEAT_SECONDS": "1", "LONGRUN_SWEEP_INTERVAL": "1"})
+    stack.env.update(
+        {"LONGRUN_LEASE_SECONDS": "4", "LONGRUN_HEARTBEAT_SECONDS": "1", "LONGRUN_SWEEP_INTERVAL": "1"}
+    )
     stack.start_ready_worker("worker", queues=[JOB_QUEUE], concurrency=2)
     stack.start_ready_worker("maintenance", queues=[MAINTENANCE_QUEUE], pool="solo")
     stack.start_beat(tmp_path / "beat-schedule")
@@ -111,8 +113,10 @@ def test_a_hundred_jobs_submitted_while_redis_is_down_all_run_exactly_once(syste
     for n in range(100):
         started = time.monotonic()
         response = session.post(
-            f"{system['base']}/api/jobs/", json={"type": "sleep", "params": {"seconds": 0}, "metadata": {"n": str(n)}},
-            headers=headers, timeout=10,
+            f"{system['base']}/api/jobs/",
+            json={"type": "sleep", "params": {"seconds": 0}, "metadata": {"n": str(n)}},
+            headers=headers,
+            timeout=10,
         )
         slowest = max(slowest, time.monotonic() - started)
         assert response.status_code == 202, response.text
@@ -140,21 +144,29 @@ def test_restarting_redis_while_a_job_runs(system, user):
     """The job still ends correctly, and the worker takes new jobs within a minute."""
     stack = system["stack"]
     headers = {"Authorization": f"Token {Token.objects.create(user=user).key}"}
-    submit = lambda body: requests.post(f"{system['base']}/api/jobs/", json=body, headers=headers, timeout=10).json()["id"]  # noqa: E731
+    submit = lambda body: requests.post(
+        f"{system['base']}/api/jobs/", json=body, headers=headers, timeout=10
+    ).json()["id"]  # noqa: E731
     job_id = submit({"type": "sleep", "params": {"seconds": 4, "steps": 4}})
     wait_for(lambda: Job.objects.get(pk=job_id).status == JobStatus.RUNNING, what="running")
     stack.stop(system["redis"])
     time.sleep(1)
     stack.start_redis(system["redis_port"], system["redis_dir"], persistent=False)
     restarted = time.monotonic()
-    job = wait_for(lambda: (j := Job.objects.get(pk=job_id)).is_terminal and j, timeout=120, what="the job to end")
+    job = wait_for(
+        lambda: (j := Job.objects.get(pk=job_id)).is_terminal and j, timeout=120, what="the job to end"
+    )
     assert job.status == JobStatus.SUCCEEDED
     from tasks_app.models import JobEvent
 
     assert JobEvent.objects.filter(job=job, kind="status", status="succeeded").count() == 1
     after = submit({"type": "sleep", "params": {"seconds": 0}})
     try:
-        wait_for(lambda: Job.objects.get(pk=after).status == JobStatus.SUCCEEDED, timeout=60, what="a new job to run")
+        wait_for(
+            lambda: Job.objects.get(pk=after).status == JobStatus.SUCCEEDED,
+            timeout=60,
+            what="a new job to run",
+        )
     except BaseException:
         print(Job.objects.filter(pk=after).values("status", "dispatched_at").first())
         for name in ("worker", "maintenance", "beat", "daphne"):
@@ -178,13 +190,22 @@ def test_restarting_postgresql_while_jobs_run(system, user):
     headers = {"Authorization": f"Token {Token.objects.create(user=user).key}"}
     base = system["base"]
     ids = [
-        requests.post(f"{base}/api/jobs/", json={"type": "sleep", "params": {"seconds": 3, "steps": 6}}, headers=headers, timeout=10).json()["id"]
+        requests.post(
+            f"{base}/api/jobs/",
+            json={"type": "sleep", "params": {"seconds": 3, "steps": 6}},
+            headers=headers,
+            timeout=10,
+        ).json()["id"]
         for _ in range(2)
     ]
-    wait_for(lambda: Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING).count() == 2, what="both running")
+    wait_for(
+        lambda: Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING).count() == 2, what="both running"
+    )
     connection.close()
     subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=120,
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        timeout=120,
         capture_output=True,
     )
     connection.close()
@@ -210,5 +231,9 @@ def test_restarting_postgresql_while_jobs_run(system, user):
     for job_id in ids:
         assert JobEvent.objects.filter(job_id=job_id, kind="status", status="succeeded").count() == 1
     # Workers keep taking jobs without a restart of their own.
-    after = requests.post(f"{base}/api/jobs/", json={"type": "sleep", "params": {"seconds": 0}}, headers=headers, timeout=10).json()["id"]
-    wait_for(lambda: Job.objects.get(pk=after).status == JobStatus.SUCCEEDED, timeout=60, what="a new job to run")
+    after = requests.post(
+        f"{base}/api/jobs/", json={"type": "sleep", "params": {"seconds": 0}}, headers=headers, timeout=10
+    ).json()["id"]
+    wait_for(
+        lambda: Job.objects.get(pk=after).status == JobStatus.SUCCEEDED, timeout=60, what="a new job to run"
+    )

@@ -6,10 +6,8 @@ replaced by mocks for every test, and dispatch is checked by running the on-comm
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import timedelta
-from unittest import mock
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -21,11 +19,21 @@ from rest_framework.test import APIClient
 
 from tasks_app import services
 from tasks_app.models import Job, JobEvent, JobEventKind, JobStatus
-from tasks_app.tasks import run_job
 
-pytestmark = pytest.mark.django_db
+from .conftest import (
+    cancelled_job,
+    detail_url,
+    failed_job,
+    make_job,
+    page_ids,
+    post_job,
+    problem_asserts,
+    running_job,
+    succeeded_job,
+    token_client,
+)
 
-PROBLEM = "application/problem+json"
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker")]
 
 JOB_FIELDS = {
     "id",
@@ -51,91 +59,9 @@ JOB_FIELDS = {
 # --- helpers --------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """The users of conftest.py have passwords; the default hasher costs ~0.1 s per user."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def broker():
-    """No broker and no Redis: the Celery publish and the live-update publish are mocks."""
-    with (
-        mock.patch.object(run_job, "apply_async") as apply_async,
-        mock.patch("tasks_app.events.publish_job_message") as publish,
-    ):
-        yield mock.Mock(apply_async=apply_async, publish=publish)
-
-
-def make_job(owner, type="sleep", params=None, **kwargs) -> Job:
-    params = {"seconds": 1} if params is None else params
-    return services.job_create(owner=owner, type=type, params=params, **kwargs)
-
-
-def running_job(owner, **kwargs) -> Job:
-    job = make_job(owner, **kwargs)
-    claimed = services.job_claim(job.pk, worker="w1")
-    assert claimed is not None
-    return claimed
-
-
-def failed_job(owner, **kwargs) -> Job:
-    job = running_job(owner, **kwargs)
-    failed = services.job_fail(job.pk, worker="w1", error={"type": "DemoError", "message": "boom"})
-    assert failed is not None and failed.status == JobStatus.FAILED
-    return failed
-
-
-def succeeded_job(owner, **kwargs) -> Job:
-    job = running_job(owner, **kwargs)
-    done = services.job_succeed(job.pk, worker="w1", result={"slept": 1})
-    assert done is not None and done.status == JobStatus.SUCCEEDED
-    return done
-
-
-def cancelled_job(owner, **kwargs) -> Job:
-    job = make_job(owner, **kwargs)
-    return services.job_cancel(job.pk, actor=owner)
-
-
-def detail_url(job_id) -> str:
-    return f"/api/jobs/{job_id}/"
-
-
-def assert_problem(response, status: int, code: str | None = None) -> dict:
-    """The response is RFC 9457 problem details with `status` (and `code`); returns the body."""
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].split(";")[0].strip() == PROBLEM
-    body = json.loads(response.content)
-    assert {"type", "title", "status", "code", "detail"} <= set(body), body
-    assert body["status"] == status
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    if code is not None:
-        assert body["code"] == code, body
-    return body
-
-
-def assert_invalid(response, *fields: str) -> list[dict]:
-    """A 400 validation problem naming exactly `fields` (in any order); returns the errors."""
-    body = assert_problem(response, 400, "invalid")
-    errors = body["errors"]
-    assert isinstance(errors, list) and errors, body
-    for error in errors:
-        assert set(error) == {"field", "message", "code"}, error
-        assert isinstance(error["message"], str) and error["message"]
-        assert isinstance(error["code"], str) and error["code"]
-    assert sorted({e["field"] for e in errors}) == sorted(fields), errors
-    return errors
-
-
-def post_job(client, body, **kwargs):
-    return client.post("/api/jobs/", body, format="json", **kwargs)
-
-
-def page_ids(response) -> list[str]:
-    assert response.status_code == 200, response.content
-    return [item["id"] for item in response.json()["results"]]
+assert_problem, assert_invalid = problem_asserts(
+    filled=("title", "detail"), error_members=True, error_text=True
+)
 
 
 # --- authentication -------------------------------------------------------------------------
@@ -721,8 +647,6 @@ def test_session_post_with_csrf_token_is_accepted(user):
 
 
 def test_token_auth_needs_no_csrf_token(user):
-    from .conftest import token_client
-
     client = token_client(user)
     client.handler.enforce_csrf_checks = True
     assert post_job(client, {"type": "sleep"}).status_code == 202

@@ -3,7 +3,9 @@ PostgreSQL only (SQLite has no GIN; it filters by reading the key)."""
 
 from django.db import migrations
 
-CREATE = "CREATE INDEX IF NOT EXISTS job_metadata_gin_idx ON tasks_app_job USING gin (metadata jsonb_path_ops)"
+CREATE = (
+    "CREATE INDEX IF NOT EXISTS job_metadata_gin_idx ON tasks_app_job USING gin (metadata jsonb_path_ops)"
+)
 DROP = "DROP INDEX IF EXISTS job_metadata_gin_idx"
 
 

@@ -19,7 +19,8 @@ class Command(BaseCommand):
             password = get_random_string(20)
             # "admin" may be an ordinary user already: never promote someone silently.
             username = next(
-                name for name in ("admin", *(f"admin{n}" for n in range(2, 100)))
+                name
+                for name in ("admin", *(f"admin{n}" for n in range(2, 100)))
                 if not User.objects.filter(username=name).exists()
             )
             admin = User.objects.create_superuser(username, f"{username}@localhost", password)

@@ -20,8 +20,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-        parser.add_argument("--shutdown-grace", type=float, default=float(os.environ.get("LONGRUN_SHUTDOWN_GRACE", "60")),
-                            help="Seconds a worker may take to finish running jobs on Ctrl+C.")
+        parser.add_argument(
+            "--shutdown-grace",
+            type=float,
+            default=float(os.environ.get("LONGRUN_SHUTDOWN_GRACE", "60")),
+            help="Seconds a worker may take to finish running jobs on Ctrl+C.",
+        )
 
     def handle(self, *args, host: str, port: int, shutdown_grace: float, **options):
         call_command("migrate", interactive=False, verbosity=0)
@@ -29,7 +33,10 @@ class Command(BaseCommand):
         call_command("ensureadmin", stdout=self.stdout)
 
         # A worker's shutdown grace is ours: jobs still running after it go back to the queue.
-        stack = Stack(env={**os.environ, "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": str(shutdown_grace)}, cwd=settings.BASE_DIR)
+        stack = Stack(
+            env={**os.environ, "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": str(shutdown_grace)},
+            cwd=settings.BASE_DIR,
+        )
         stopping = {"asked": 0}
 
         def on_signal(signum, frame):
@@ -44,7 +51,9 @@ class Command(BaseCommand):
                 redis_port = free_port()
                 stack.start_redis(redis_port, settings.VAR_DIR / "redis")
                 stack.env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-                self.stdout.write(f"  Redis:       {stack.env['REDIS_URL']} (started here, data in var/redis)")
+                self.stdout.write(
+                    f"  Redis:       {stack.env['REDIS_URL']} (started here, data in var/redis)"
+                )
             stack.start_worker("worker", queues=[JOB_QUEUE])
             stack.start_worker("maintenance", queues=[MAINTENANCE_QUEUE], pool="solo")
             # Webhook deliveries wait on the network: threads, not processes, and their own queue.
@@ -53,14 +62,20 @@ class Command(BaseCommand):
             stack.start_daphne(port, host=host)
             base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
             self.stdout.write(self.style.SUCCESS("Longrun is running. Ctrl+C stops it."))
-            self.stdout.write(f"  Dashboard:   {base}/\n  Admin:       {base}/admin/\n"
-                              f"  API:         {base}/api/jobs/\n  API docs:    {base}/api/docs/")
+            self.stdout.write(
+                f"  Dashboard:   {base}/\n  Admin:       {base}/admin/\n"
+                f"  API:         {base}/api/jobs/\n  API docs:    {base}/api/docs/"
+            )
             while not stopping["asked"]:
                 for child in stack.children:
                     if child.process.poll() is not None:
-                        raise CommandError(f"{child.name} exited with code {child.process.returncode}; stopping.")
+                        raise CommandError(
+                            f"{child.name} exited with code {child.process.returncode}; stopping."
+                        )
                 time.sleep(0.5)
-            self.stdout.write("Stopping: warm shutdown (running jobs may finish; Ctrl+C again to stop at once).")
+            self.stdout.write(
+                "Stopping: warm shutdown (running jobs may finish; Ctrl+C again to stop at once)."
+            )
             self._stop(stack, shutdown_grace)
         except KeyboardInterrupt:
             self.stdout.write("Stopping at once.")
