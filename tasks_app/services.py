@@ -94,6 +94,11 @@ def _record(
     )
 
 
+def _by(actor: AbstractBaseUser | None) -> str:
+    """ " by alice" for a history message, or nothing for the system."""
+    return f" by {actor.get_username()}" if actor is not None and actor.is_authenticated else ""
+
+
 def _publish_on_commit(job: Job, event: str, entry: JobEvent | None = None) -> None:
     """Publish the change after commit: the job at the version this change produced, and the
     history entry it recorded, if any (so a live log needs no extra read)."""
@@ -566,7 +571,7 @@ def job_cancel(job_id: Any, *, actor: AbstractBaseUser | None) -> Job:
     is requested (visible at once) and the job's code stops at its next check. Terminal:
     JobStateError."""
     now = timezone.now()
-    by = f" by {actor.get_username()}" if actor is not None and actor.is_authenticated else ""
+    by = _by(actor)
     with transaction.atomic():
         job = _update(
             job_id,
@@ -603,7 +608,7 @@ def job_cancel(job_id: Any, *, actor: AbstractBaseUser | None) -> Job:
 def job_retry(job_id: Any, *, actor: AbstractBaseUser | None) -> Job:
     """failed or cancelled -> queued: a new attempt of the same job (same id, attempts go on
     counting, one more attempt is allowed). JobStateError for any other status."""
-    by = f" by {actor.get_username()}" if actor is not None and actor.is_authenticated else ""
+    by = _by(actor)
     with transaction.atomic():
         job = _update(
             job_id,
@@ -650,7 +655,7 @@ def job_rerun(job_id: Any, *, actor: AbstractBaseUser | None) -> Job:
     """Submit a new job with the same type, params and options as an existing one, for the same
     owner. Both jobs' histories say who did it and link the two."""
     original = Job.objects.select_related("owner").get(pk=job_id)
-    by = f" by {actor.get_username()}" if actor is not None and actor.is_authenticated else ""
+    by = _by(actor)
     with transaction.atomic():
         job = job_create(
             owner=original.owner,
