@@ -44,6 +44,7 @@ class JobContext:
         self._progress_interval: float = settings.LONGRUN["PROGRESS_INTERVAL"]
         self._last_progress_write = 0.0
         self._pending_progress: tuple[int, str] | None = None
+        self._progress_lock = threading.Lock()
         self._last_cancel_check = 0.0
         self._cancel_requested = job.cancel_requested_at is not None
 
@@ -54,10 +55,16 @@ class JobContext:
             self.flush_progress()
 
     def flush_progress(self) -> None:
-        if self._pending_progress is None:
-            return
-        percent, message = self._pending_progress
-        self._pending_progress = None
+        """Write the pending progress, if any. Also called by the heartbeat thread, so a job that
+        reports 50% and then blocks still shows 50%; the lock keeps the two writers in order."""
+        with self._progress_lock:
+            if self._pending_progress is None:
+                return
+            percent, message = self._pending_progress
+            self._pending_progress = None
+            self._write_progress(percent, message)
+
+    def _write_progress(self, percent: int, message: str) -> None:
         self._last_progress_write = time.monotonic()
         services.job_progress(self.job_id, worker=self.worker, percent=percent, message=message)
 
@@ -112,6 +119,7 @@ class Heartbeat(threading.Thread):
                     continue
                 if cancel:
                     self.context._cancel_requested = True
+                self.context.flush_progress()
                 if not ours:
                     self.context.lease_lost = True
                     return

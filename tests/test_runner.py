@@ -542,3 +542,22 @@ def test_log_flushes_pending_progress_first_and_writes_events(user, define, sett
     # created 1, claim 2, progress 3, progress 4, log 5, log 6, succeeded 7
     assert [s for s, _ in logs_written] == [5, 6]
     assert reload(job).version == 7
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_latest_progress_lands_while_the_job_blocks(user, define, settings):
+    """Throttling holds back a progress value reported right after another; the heartbeat
+    thread writes it while the job's code is blocked, not only when the job ends."""
+    settings.LONGRUN = {**settings.LONGRUN, "HEARTBEAT_SECONDS": 0.1, "PROGRESS_INTERVAL": 60}
+    seen_while_blocked = {}
+
+    def blocks(ctx):
+        ctx.progress(10, "first")
+        ctx.progress(55, "held back by the throttle")
+        time.sleep(0.6)  # "blocked in a C call"
+        seen_while_blocked["progress"] = Job.objects.get(pk=ctx.job_id).progress
+        return {}
+
+    job = submit(user, define("test-blocks", blocks))
+    assert execute_job(str(job.pk), worker=WORKER) == "succeeded"
+    assert seen_while_blocked["progress"] == 55
