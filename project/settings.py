@@ -267,6 +267,8 @@ LONGRUN = {
         h.lower() for h in env_list("LONGRUN_WEBHOOK_ALLOWED_PRIVATE_HOSTS", [])
     ],
     "WEBHOOK_SECRET_GRACE": env_int("LONGRUN_WEBHOOK_SECRET_GRACE", 24 * 3600),
+    # Opted-in job.progress deliveries: at most one per this many seconds per job.
+    "WEBHOOK_PROGRESS_INTERVAL": env_float("LONGRUN_WEBHOOK_PROGRESS_INTERVAL", 10.0),
     # Seconds between delivery attempts after a failure (with +-20% jitter): about a day in all.
     "WEBHOOK_RETRY_SCHEDULE": [
         float(x)

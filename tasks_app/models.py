@@ -45,6 +45,8 @@ class Job(models.Model):
     run_at = models.DateTimeField(null=True, blank=True)
     timeout = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds.")
     callback_url = models.URLField(max_length=2000, blank=True, default="")
+    # Optional webhook events beyond the final one: "job.started", "job.progress".
+    webhook_events = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -40,6 +40,7 @@ class JobSerializer(serializers.ModelSerializer):
     params = serializers.JSONField(read_only=True)
     metadata = serializers.DictField(child=serializers.CharField(), read_only=True)
     callback_url = serializers.CharField(read_only=True, help_text="Empty when none was given.")
+    webhook_events = serializers.ListField(child=serializers.CharField(), read_only=True)
 
     class Meta:
         model = Job
@@ -61,6 +62,7 @@ class JobSerializer(serializers.ModelSerializer):
             "run_at",
             "timeout",
             "callback_url",
+            "webhook_events",
             "created_at",
             "started_at",
             "finished_at",
@@ -190,6 +192,13 @@ class JobCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         allow_blank=True,
         default="",
         help_text="http(s) URL told when the job ends (webhooks).",
+    )
+    webhook_events = serializers.ListField(
+        child=serializers.ChoiceField(choices=["job.started", "job.progress"]),
+        required=False,
+        default=list,
+        max_length=2,
+        help_text="Extra webhook events besides the final one: job.started, job.progress (throttled).",
     )
     metadata = serializers.DictField(
         child=StrictCharField(max_length=500, allow_blank=True),

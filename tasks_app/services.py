@@ -105,8 +105,13 @@ def _publish_on_commit(job: Job, event: str, entry: JobEvent | None = None) -> N
     message = events.job_message(serialize_job(job), event)
     if entry is not None:
         message["entry"] = events.plain(JobEventSerializer(entry).data)
-    if event == "status" and job.is_terminal:
-        _webhook_outbox(job, message["job"])
+    if job.callback_url:
+        if event == "status" and job.is_terminal:
+            _webhook_outbox(job, message["job"], WEBHOOK_EVENTS[job.status])
+        elif event == "status" and job.status == JobStatus.RUNNING and "job.started" in job.webhook_events:
+            _webhook_outbox(job, message["job"], "job.started")
+        elif event == "progress" and "job.progress" in job.webhook_events and _progress_hook_due(job):
+            _webhook_outbox(job, message["job"], "job.progress")
     transaction.on_commit(partial(events.publish_job_message, job.owner_id, message))
 
 
@@ -136,6 +141,7 @@ class JobSpec:
     timeout: int | None
     callback_url: str
     metadata: dict[str, str]
+    webhook_events: list[str]
 
 
 def job_validate(
@@ -148,6 +154,7 @@ def job_validate(
     timeout: int | None = None,
     callback_url: str = "",
     metadata: Any = None,
+    webhook_events: Any = None,
 ) -> JobSpec:
     """Check a submission against the registry and the limits; JobValidationError names each
     field at fault. Returns the submission with the type's defaults filled in."""
@@ -181,6 +188,11 @@ def job_validate(
             errors["callback_url"] = [str(exc)]
     metadata = {} if metadata is None else metadata
     errors.update(_metadata_errors(metadata))
+    webhook_events = [] if webhook_events is None else webhook_events
+    if not isinstance(webhook_events, list) or not set(webhook_events) <= set(OPTIONAL_WEBHOOK_EVENTS):
+        errors["webhook_events"] = [f"A list of: {', '.join(OPTIONAL_WEBHOOK_EVENTS)}."]
+    elif webhook_events and not callback_url:
+        errors["webhook_events"] = ["Needs a callback_url."]
     for name, value in (("params", params), ("metadata", metadata), ("callback_url", callback_url)):
         if name not in errors and has_nul(value):
             errors[name] = ["Must not contain NUL (\\u0000) characters."]
@@ -196,6 +208,7 @@ def job_validate(
         timeout=timeout if timeout is not None else jt.default_timeout,
         callback_url=callback_url,
         metadata=metadata,
+        webhook_events=sorted(set(webhook_events)),
     )
 
 
@@ -231,6 +244,7 @@ def _new_job(spec: JobSpec, owner: AbstractBaseUser) -> Job:
         timeout=spec.timeout,
         callback_url=spec.callback_url,
         metadata=spec.metadata,
+        webhook_events=spec.webhook_events,
         owner=owner,
         status=JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED,
     )
@@ -666,6 +680,7 @@ def job_rerun(job_id: Any, *, actor: AbstractBaseUser | None) -> Job:
             timeout=original.timeout,
             callback_url=original.callback_url,
             metadata=original.metadata,
+            webhook_events=original.webhook_events,
         )
         job = _bump(job.pk)
         _publish_on_commit(
@@ -878,12 +893,20 @@ WEBHOOK_EVENTS = {
 }
 
 
-def _webhook_outbox(job: Job, job_data: dict[str, Any]) -> None:
-    """In the transaction that ends a job with a callback_url: the delivery row (an outbox),
-    sent after commit and, if that is lost, by the sweep."""
-    event_type = WEBHOOK_EVENTS.get(job.status)
-    if not job.callback_url or event_type is None:
-        return
+OPTIONAL_WEBHOOK_EVENTS = ("job.progress", "job.started")
+
+
+def _progress_hook_due(job: Job) -> bool:
+    """job.progress deliveries are throttled: at most one per LONGRUN_WEBHOOK_PROGRESS_INTERVAL."""
+    since = timezone.now() - timedelta(seconds=_conf("WEBHOOK_PROGRESS_INTERVAL"))
+    return not WebhookDelivery.objects.filter(
+        job=job, event_type="job.progress", created_at__gte=since
+    ).exists()
+
+
+def _webhook_outbox(job: Job, job_data: dict[str, Any], event_type: str) -> None:
+    """In the transaction of the change it reports: the delivery row (an outbox), sent after
+    commit and, if that is lost, by the sweep."""
     gone = WebhookDelivery.objects.filter(
         job__owner_id=job.owner_id, url=job.callback_url, status=DeliveryStatus.GONE
     ).exists()

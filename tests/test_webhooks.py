@@ -769,3 +769,50 @@ def test_admin_redeliver_action_queues_the_delivery(
     assert busy.status == DeliveryStatus.SENDING
     notes = [str(m) for m in get_messages(response.wsgi_request)]
     assert any("Queued 1" in n for n in notes) and any("being sent right now" in n for n in notes), notes
+
+
+# --- optional events: job.started and job.progress, when a job asks for them ------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("broker")
+def test_started_and_throttled_progress_deliveries_only_when_asked(user, settings, monkeypatch):
+    settings.LONGRUN = {**settings.LONGRUN, "WEBHOOK_ALLOWED_PRIVATE_HOSTS": ["localhost"]}
+    monkeypatch.setattr(services, "webhooks_dispatch", lambda ids: len(ids))
+    url = "http://localhost:9/hook"
+    asked = services.job_create(
+        owner=user, type="sleep", callback_url=url, webhook_events=["job.started", "job.progress"]
+    )
+    plain = services.job_create(owner=user, type="sleep", callback_url=url)
+    for job in (asked, plain):
+        services.job_claim(job.pk, worker="w1")
+        for percent in (10, 20, 30):
+            services.job_progress(job.pk, worker="w1", percent=percent)
+        services.job_succeed(job.pk, worker="w1", result={})
+
+    def types(job):
+        return list(
+            WebhookDelivery.objects.filter(job=job).order_by("n").values_list("event_type", flat=True)
+        )
+
+    # One progress delivery: the rest fell within the throttle interval.
+    assert types(asked) == ["job.started", "job.progress", "job.succeeded"]
+    assert types(plain) == ["job.succeeded"]
+    started = WebhookDelivery.objects.get(job=asked, event_type="job.started")
+    assert started.payload["data"]["status"] == "running"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"webhook_events": ["job.started"]}, "callback_url"),
+        ({"webhook_events": ["job.finished"], "callback_url": "https://hooks.example.com/x"}, None),
+    ],
+)
+def test_optional_events_are_validated(api, body, reason):
+    response = api.post("/api/jobs/", {"type": "sleep", **body}, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"].startswith("webhook_events")
+    if reason:
+        assert reason in response.json()["errors"][0]["message"]
