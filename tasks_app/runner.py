@@ -13,17 +13,41 @@ import socket
 import threading
 import time
 import traceback
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 
 from . import registry, selectors, services
 from .exceptions import JobCancelled
 from .models import Job
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+# How long a worker keeps retrying a database write the job's state depends on (a database
+# restart takes seconds); past that the lease lapses and the sweep takes the job back.
+DB_RETRY_SECONDS = 30.0
+
+
+def with_db_retry(write: Callable[[], T], *, seconds: float = DB_RETRY_SECONDS) -> T:
+    """Run a database write, reconnecting and retrying while the database is unreachable."""
+    deadline = time.monotonic() + seconds
+    delay = 0.2
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError):
+            connection.close()
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("database unavailable; retrying in %.1f s", delay, exc_info=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def worker_identity() -> str:
@@ -66,12 +90,18 @@ class JobContext:
 
     def _write_progress(self, percent: int, message: str) -> None:
         self._last_progress_write = time.monotonic()
-        services.job_progress(self.job_id, worker=self.worker, percent=percent, message=message)
+        try:
+            services.job_progress(self.job_id, worker=self.worker, percent=percent, message=message)
+        except (OperationalError, InterfaceError):
+            # Progress is not worth failing a job over: keep it for the next write.
+            connection.close()
+            if self._pending_progress is None:
+                self._pending_progress = (percent, message)
 
     def log(self, message: str) -> None:
         """Append a line to the job's history (its events)."""
         self.flush_progress()
-        services.job_log(self.job_id, worker=self.worker, message=str(message))
+        with_db_retry(lambda: services.job_log(self.job_id, worker=self.worker, message=str(message)))
 
     @property
     def cancel_requested(self) -> bool:
@@ -79,7 +109,10 @@ class JobContext:
         now = time.monotonic()
         if not self._cancel_requested and now - self._last_cancel_check >= self.CANCEL_CHECK_INTERVAL:
             self._last_cancel_check = now
-            self._cancel_requested = selectors.job_cancel_requested(self.job_id)
+            try:
+                self._cancel_requested = selectors.job_cancel_requested(self.job_id)
+            except (OperationalError, InterfaceError):
+                connection.close()  # ask again at the next check
         return self._cancel_requested
 
     def raise_if_cancelled(self) -> None:
@@ -140,7 +173,7 @@ def execute_job(job_id: str, *, worker: str | None = None, celery_task_id: str =
     Returns what happened, for logs and tests: "skipped" or the job's final status.
     """
     worker = worker or worker_identity()
-    job = services.job_claim(job_id, worker=worker, celery_task_id=celery_task_id)
+    job = with_db_retry(lambda: services.job_claim(job_id, worker=worker, celery_task_id=celery_task_id))
     if job is None:
         logger.info("job %s not claimed (duplicate delivery, cancelled or already running)", job_id)
         return "skipped"
@@ -159,7 +192,7 @@ def execute_job(job_id: str, *, worker: str | None = None, celery_task_id: str =
             raise ValueError("The job's result contains a NUL character (\\u0000), which cannot be stored.")
         json.dumps(result, allow_nan=False)
     except JobCancelled:
-        outcome = services.job_acknowledge_cancel(job.pk, worker=worker)
+        outcome = with_db_retry(lambda: services.job_acknowledge_cancel(job.pk, worker=worker))
     except JobLeaseLost:
         logger.warning("job %s was taken back from this worker; its outcome is dropped", job.pk)
         outcome = None
@@ -168,15 +201,21 @@ def execute_job(job_id: str, *, worker: str | None = None, celery_task_id: str =
             "type": "TimeoutError",
             "message": f"The job ran longer than its timeout of {job.timeout} s.",
         }
-        outcome = services.job_fail(job.pk, worker=worker, error=error, traceback=traceback.format_exc())
+        details = traceback.format_exc()
+        outcome = with_db_retry(
+            lambda: services.job_fail(job.pk, worker=worker, error=error, traceback=details)
+        )
     except Exception as exc:
         context._pending_progress = None
         retryable = jt is not None and bool(jt.retry_on) and isinstance(exc, jt.retry_on)
-        outcome = services.job_fail_or_retry(
-            job.pk, worker=worker, error=_error_of(exc), traceback=traceback.format_exc(), retryable=retryable
+        details, failure = traceback.format_exc(), _error_of(exc)
+        outcome = with_db_retry(
+            lambda: services.job_fail_or_retry(
+                job.pk, worker=worker, error=failure, traceback=details, retryable=retryable
+            )
         )
     else:
-        outcome = services.job_succeed(job.pk, worker=worker, result=result)
+        outcome = with_db_retry(lambda: services.job_succeed(job.pk, worker=worker, result=result))
     finally:
         heartbeat.stop()
     return outcome.status if outcome is not None else "lost"

@@ -561,3 +561,49 @@ def test_the_latest_progress_lands_while_the_job_blocks(user, define, settings):
     job = submit(user, define("test-blocks", blocks))
     assert execute_job(str(job.pk), worker=WORKER) == "succeeded"
     assert seen_while_blocked["progress"] == 55
+
+
+def test_database_writes_are_retried_while_the_database_is_away():
+    from django.db import OperationalError
+
+    calls = []
+
+    def flaky_write():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("terminating connection due to administrator command")
+        return "written"
+
+    assert runner.with_db_retry(flaky_write, seconds=5) == "written"
+    assert len(calls) == 3
+
+    def never():
+        raise OperationalError("the database system is shutting down")
+
+    with pytest.raises(OperationalError):
+        runner.with_db_retry(never, seconds=0.3)
+
+
+@pytest.mark.django_db(transaction=True)  # the runner closes the broken connection
+def test_a_progress_write_that_fails_does_not_fail_the_job(user, define):
+    """A database blip during a progress write is no reason to fail the job; the value is kept."""
+    from django.db import OperationalError
+
+    real = services.job_progress
+    failures = iter([OperationalError("connection lost")])
+
+    def progress_once_broken(*args, **kwargs):
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real(*args, **kwargs)
+
+    def reports(ctx):
+        ctx.progress(40, "forty")
+        ctx.flush_progress()
+        return {"ok": True}
+
+    job = submit(user, define("test-progress-blip", reports))
+    with mock.patch.object(services, "job_progress", side_effect=progress_once_broken):
+        assert execute_job(str(job.pk), worker=WORKER) == "succeeded"
+    assert reload(job).result == {"ok": True}

@@ -225,7 +225,20 @@ def test_restarting_postgresql_while_jobs_run(system, user):
             connection.close()
             return False
 
-    wait_for(all_ended, timeout=120, what="both jobs to succeed after the restart")
+    try:
+        wait_for(all_ended, timeout=120, what="both jobs to succeed after the restart")
+    except BaseException:
+        connection.close()
+        print(
+            list(
+                Job.objects.filter(pk__in=ids).values(
+                    "status", "attempts", "worker", "lease_expires_at", "error"
+                )
+            )
+        )
+        for name in ("worker", "maintenance", "beat"):
+            print(f"===== {name}\n{system['stack'].log_tail(name, 4000)}")
+        raise
     from tasks_app.models import JobEvent
 
     for job_id in ids:
