@@ -46,6 +46,7 @@ DETAIL_FIELDS: list[tuple[str, str, str]] = [
     ("run_at", "Run at", "time"),
     ("timeout", "Timeout (s)", "text"),
     ("callback_url", "Callback URL", "text"),
+    ("webhook_events", "Extra webhook events", "json"),
     ("created_at", "Created", "time"),
     ("started_at", "Started", "time"),
     ("finished_at", "Finished", "time"),
