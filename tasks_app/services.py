@@ -31,6 +31,7 @@ from django.utils import timezone
 from . import events, registry, webhooks
 from .exceptions import IdempotencyConflict, JobStateError, JobValidationError
 from .models import (
+    TERMINAL_STATUSES,
     DeliveryStatus,
     IdempotencyKey,
     Job,
@@ -756,54 +757,41 @@ def job_fail_or_retry(
     return updated
 
 
+def _take_back(job: Job, status: str, note: str, **changes: Any) -> Job | None:
+    """End or requeue a running job on behalf of its absent or unresponsive worker (conditional
+    on it still being that worker's), and record why. Must run inside a transaction."""
+    if status in TERMINAL_STATUSES:
+        changes["finished_at"] = timezone.now()
+    taken = _update(
+        job.pk,
+        Q(status=JobStatus.RUNNING, worker=job.worker),
+        status=status,
+        lease_expires_at=None,
+        **changes,
+    )
+    if taken is not None:
+        data = {"error": changes["error"]} if "error" in changes else None
+        _publish_on_commit(taken, "status", _record(taken, JobEventKind.STATUS, note, data=data))
+    return taken
+
+
+def _failed_by(job: Job, error: dict[str, str]) -> Job | None:
+    return _take_back(job, JobStatus.FAILED, f"Failed: {error['message']}", error=error)
+
+
 def _lost_worker(job: Job, reason: str) -> None:
     """A running job whose worker is gone: another attempt if any is left, else failed."""
     with transaction.atomic():
         if job.cancel_requested_at is not None:
-            taken = _update(
-                job.pk,
-                Q(status=JobStatus.RUNNING, worker=job.worker),
-                status=JobStatus.CANCELLED,
-                finished_at=timezone.now(),
-                lease_expires_at=None,
-            )
+            _take_back(job, JobStatus.CANCELLED, f"Cancelled: {reason}.")
+        elif job.attempts < job.max_attempts:
+            note = f"{reason}; queued for attempt {job.attempts + 1} of {job.max_attempts}."
+            taken = _take_back(job, JobStatus.QUEUED, note, worker="", dispatched_at=None)
             if taken is not None:
-                _publish_on_commit(
-                    taken, "status", _record(taken, JobEventKind.STATUS, f"Cancelled: {reason}.")
-                )
-            return
-        if job.attempts < job.max_attempts:
-            taken = _update(
-                job.pk,
-                Q(status=JobStatus.RUNNING, worker=job.worker),
-                status=JobStatus.QUEUED,
-                worker="",
-                lease_expires_at=None,
-                dispatched_at=None,
-            )
-            if taken is not None:
-                note = f"{reason}; queued for attempt {taken.attempts + 1} of {taken.max_attempts}."
-                _publish_on_commit(taken, "status", _record(taken, JobEventKind.STATUS, note))
                 _dispatch_on_commit(taken)
-            return
-        error = {
-            "type": "WorkerLost",
-            "message": f"{reason} on attempt {job.attempts} of {job.max_attempts}.",
-        }
-        taken = _update(
-            job.pk,
-            Q(status=JobStatus.RUNNING, worker=job.worker),
-            status=JobStatus.FAILED,
-            error=error,
-            finished_at=timezone.now(),
-            lease_expires_at=None,
-        )
-        if taken is not None:
-            _publish_on_commit(
-                taken,
-                "status",
-                _record(taken, JobEventKind.STATUS, f"Failed: {error['message']}", data={"error": error}),
-            )
+        else:
+            message = f"{reason} on attempt {job.attempts} of {job.max_attempts}."
+            _failed_by(job, {"type": "WorkerLost", "message": message})
 
 
 def jobs_recover_expired_leases(*, limit: int = 200) -> int:
@@ -829,24 +817,16 @@ def jobs_enforce_deadlines(*, limit: int = 200) -> int:
     ended = 0
     cancel_cutoff = now - timedelta(seconds=_conf("CANCEL_GRACE"))
     for job in Job.objects.filter(status=JobStatus.RUNNING, cancel_requested_at__lt=cancel_cutoff)[:limit]:
+        note = f"Did not stop within {_conf('CANCEL_GRACE'):.0f} s of the cancel request; its process was terminated."
         with transaction.atomic():
-            taken = _update(
-                job.pk,
-                Q(status=JobStatus.RUNNING, worker=job.worker),
-                status=JobStatus.CANCELLED,
-                finished_at=now,
-                lease_expires_at=None,
-            )
-            if taken is None:
-                continue
-            note = f"Did not stop within {_conf('CANCEL_GRACE'):.0f} s of the cancel request; its process was terminated."
-            _publish_on_commit(taken, "status", _record(taken, JobEventKind.STATUS, note))
-            transaction.on_commit(partial(terminate_task, job.celery_task_id))
-            ended += 1
+            if _take_back(job, JobStatus.CANCELLED, note) is not None:
+                transaction.on_commit(partial(terminate_task, job.celery_task_id))
+                ended += 1
     grace = timedelta(seconds=_conf("TIMEOUT_GRACE") * 2)
-    for job in Job.objects.filter(status=JobStatus.RUNNING, timeout__isnull=False, started_at__isnull=False)[
-        :limit
-    ]:
+    running_with_timeout = Job.objects.filter(
+        status=JobStatus.RUNNING, timeout__isnull=False, started_at__isnull=False
+    )
+    for job in running_with_timeout[:limit]:
         if job.started_at + timedelta(seconds=job.timeout) + grace > now:
             continue
         error = {
@@ -854,23 +834,9 @@ def jobs_enforce_deadlines(*, limit: int = 200) -> int:
             "message": f"The job ran longer than its timeout of {job.timeout} s.",
         }
         with transaction.atomic():
-            taken = _update(
-                job.pk,
-                Q(status=JobStatus.RUNNING, worker=job.worker),
-                status=JobStatus.FAILED,
-                error=error,
-                finished_at=now,
-                lease_expires_at=None,
-            )
-            if taken is None:
-                continue
-            _publish_on_commit(
-                taken,
-                "status",
-                _record(taken, JobEventKind.STATUS, f"Failed: {error['message']}", data={"error": error}),
-            )
-            transaction.on_commit(partial(terminate_task, job.celery_task_id))
-            ended += 1
+            if _failed_by(job, error) is not None:
+                transaction.on_commit(partial(terminate_task, job.celery_task_id))
+                ended += 1
     return ended
 
 
