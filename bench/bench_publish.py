@@ -2,7 +2,7 @@
 
 Compares, in one run against the same Redis:
   baseline: async_to_sync(channel_layer.group_send), a new event loop per call
-  longrun:  tasks_app.events.GroupPublisher, one long-lived connection per process
+  longrun:  tasks_app.realtime.publish.GroupPublisher, one long-lived connection per process
 and prints the per-event cost of each and the ratio. Uses REDIS_URL, or starts a Redis of its own.
 
     .venv/bin/python bench/bench_publish.py [--events 500]
@@ -43,7 +43,7 @@ def main() -> None:
     from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
 
-    from tasks_app.events import GroupPublisher
+    from tasks_app.realtime.publish import GroupPublisher
 
     message = {"type": "job.event", "event": "progress", "version": 1, "job": {"id": "bench", "progress": 50}}
     layer = get_channel_layer()

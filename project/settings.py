@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -222,7 +223,7 @@ CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", os.cpu_count() or 2)
 CELERY_WORKER_SEND_TASK_EVENTS = False
-CELERY_TASK_DEFAULT_QUEUE = "longrun.jobs"
+CELERY_TASK_DEFAULT_QUEUE = "longrun.jobs"  # tasks_app.conf.JOB_QUEUE
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Longer than the longest allowed job, so Redis never redelivers a healthy running job; a
@@ -245,7 +246,8 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY = False
 
 # --- Longrun ----------------------------------------------------------------------------------
-LONGRUN = {
+# Read through tasks_app.conf.app_settings, which also holds the defaults and the fixed limits.
+LONGRUN: dict[str, Any] = {
     # A running job's lease, renewed by its worker's heartbeat; when it lapses (the worker died)
     # the sweep takes the job back. Seconds.
     "LEASE_SECONDS": env_float("LONGRUN_LEASE_SECONDS", 30.0),
@@ -284,32 +286,29 @@ LONGRUN = {
     "DISPATCH_GRACE": env_float("LONGRUN_DISPATCH_GRACE", 10.0),
     # Minimum seconds between two progress writes of one job (the latest value always lands).
     "PROGRESS_INTERVAL": env_float("LONGRUN_PROGRESS_INTERVAL", 0.25),
-    # Default attempts for a new job when the client does not say, and the most it may ask for.
+    # Default attempts for a new job when the client does not say (at most 20).
     "DEFAULT_MAX_ATTEMPTS": env_int("LONGRUN_DEFAULT_MAX_ATTEMPTS", 3),
-    "MAX_ATTEMPTS_LIMIT": 20,
     # The longest timeout a job may ask for, seconds; kept below the broker visibility timeout.
     "MAX_TIMEOUT": min(env_int("LONGRUN_MAX_TIMEOUT", 6 * 3600), CELERY_VISIBILITY_TIMEOUT - 300),
     # Idempotency keys are kept at least this long, seconds.
     "IDEMPOTENCY_TTL": env_int("LONGRUN_IDEMPOTENCY_TTL", 24 * 3600),
-    # Most jobs one bulk request may submit or cancel.
-    "BULK_LIMIT": 1000,
     # DRF throttle rates ("N/second|minute|hour|day"); 429 with Retry-After beyond them.
     "THROTTLE_USER": os.environ.get("LONGRUN_THROTTLE_USER", "1200/minute"),
     "THROTTLE_ANON": os.environ.get("LONGRUN_THROTTLE_ANON", "60/minute"),
 }
 
 # --- REST framework ---------------------------------------------------------------------------
-REST_FRAMEWORK = {
+REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["tasks_app.parsers.SafeJSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["tasks_app.api.parsers.SafeJSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "tasks_app.api_errors.exception_handler",
+    "EXCEPTION_HANDLER": "tasks_app.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 if DEBUG:
@@ -328,12 +327,12 @@ SPECTACULAR_SETTINGS = {
     "OAS_VERSION": "3.1.0",
     "ENUM_NAME_OVERRIDES": {
         "JobStatusEnum": "tasks_app.models.JobStatus",
-        "CancellableStatusEnum": ["scheduled", "queued", "running"],
+        "CancellableStatusEnum": "tasks_app.models.CANCELLABLE_STATUS_CHOICES",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "tasks_app.schema.job_type_variants",
-        "tasks_app.schema.problem_media_type",
+        "tasks_app.api.schema.job_type_variants",
+        "tasks_app.api.schema.problem_media_type",
     ],
 }
 
@@ -347,8 +346,10 @@ LOGGING = {
 }
 
 CELERY_TASK_ROUTES = {
+    # tasks_app.conf.SWEEP_TASK -> MAINTENANCE_QUEUE
     "longrun.sweep": {"queue": "longrun.maintenance"},
     # Webhooks have their own queue and worker: a slow receiver never holds a job worker.
+    # tasks_app.conf.DELIVER_WEBHOOK_TASK -> WEBHOOK_QUEUE
     "longrun.deliver_webhook": {"queue": "longrun.webhooks"},
 }
 CELERY_BEAT_SCHEDULE = {

@@ -11,9 +11,11 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import connection
 from django.db.models import QuerySet
@@ -22,10 +24,12 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
-from . import registry, services
+from . import registry, selectors
 from .exceptions import JobStateError, JobValidationError
-from .filters import MetadataFilterField, metadata_matches
+from .forms import MetadataFilterField
 from .models import DeliveryStatus, Job, JobEvent, JobStatus, WebhookAttempt, WebhookDelivery
+from .services import control
+from .services import webhooks as webhook_state
 
 # Counting past this many matching rows is not worth a full scan: the page count becomes "at least".
 COUNT_CAP = 10_000
@@ -37,13 +41,14 @@ class CappedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        queryset = self.object_list
+        queryset = cast(QuerySet[Job], self.object_list)
         if connection.vendor == "postgresql" and not queryset.query.where:
             with connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [Job._meta.db_table]
                 )
-                estimate = cursor.fetchone()[0]
+                row = cursor.fetchone()
+            estimate = int(row[0]) if row else 0
             if estimate > COUNT_CAP:
                 return estimate
         return queryset.order_by()[: COUNT_CAP + 1].count()
@@ -61,20 +66,20 @@ class JobTypeFilter(admin.SimpleListFilter):
     parameter_name = "type"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(jt.name, jt.name) for jt in registry.all_job_types()]
+        return [(job_type.name, job_type.name) for job_type in registry.all_job_types()]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         return queryset.filter(type=self.value()) if self.value() else queryset
 
 
-class JobEventInline(admin.TabularInline):
-    model = JobEvent
+class ReadOnlyInline(admin.TabularInline):
+    """Rows shown under their parent, never added, changed or deleted by hand."""
+
     extra = 0
     can_delete = False
-    fields = ["seq", "created_at", "kind", "status", "message", "actor"]
-    readonly_fields = fields
-    ordering = ["seq"]
-    show_change_link = False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return list(flatten_fieldsets(self.get_fieldsets(request, obj)))  # every field shown
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -83,10 +88,15 @@ class JobEventInline(admin.TabularInline):
         return False
 
 
-class WebhookDeliveryInline(admin.TabularInline):
+class JobEventInline(ReadOnlyInline):
+    model = JobEvent
+    fields = ["seq", "created_at", "kind", "status", "message", "actor"]
+    ordering = ["seq"]
+    show_change_link = False
+
+
+class WebhookDeliveryInline(ReadOnlyInline):
     model = WebhookDelivery
-    extra = 0
-    can_delete = False
     fields = [
         "n",
         "event_type",
@@ -97,14 +107,7 @@ class WebhookDeliveryInline(admin.TabularInline):
         "next_attempt_at",
         "delivered_at",
     ]
-    readonly_fields = fields
     show_change_link = True
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 def _pretty_json(value: Any) -> str:
@@ -175,35 +178,8 @@ class JobAdmin(admin.ModelAdmin):
             {"classes": ["collapse"], "fields": ["worker", "celery_task_id", "lease_expires_at", "version"]},
         ),
     ]
-    readonly_fields = [
-        "id",
-        "type",
-        "owner",
-        "status_badge",
-        "progress_bar",
-        "progress_message",
-        "params_pretty",
-        "metadata_pretty",
-        "priority",
-        "max_attempts",
-        "timeout",
-        "run_at",
-        "callback_url",
-        "result_pretty",
-        "error_pretty",
-        "traceback_pretty",
-        "attempts",
-        "created_at",
-        "dispatched_at",
-        "started_at",
-        "finished_at",
-        "cancel_requested_at",
-        "duration",
-        "worker",
-        "celery_task_id",
-        "lease_expires_at",
-        "version",
-    ]
+    # Every field on the change form is read-only: the actions are the way to act.
+    readonly_fields = flatten_fieldsets(fieldsets)
 
     class Media:
         css = {"all": ["tasks_app/admin.css"]}
@@ -293,12 +269,14 @@ class JobAdmin(admin.ModelAdmin):
             pass
         if ":" in term:
             try:
-                key, value = MetadataFilterField().clean(term)
-            except Exception:
+                pair = MetadataFilterField().clean(term)
+            except ValidationError:
                 return queryset.none(), False
-            return metadata_matches(queryset, key, value), False
+            if pair is None:
+                return queryset.none(), False
+            return selectors.jobs_with_metadata(queryset, *pair), False
         # Types are few and known: match the names here, then filter on the indexed column.
-        names = [jt.name for jt in registry.all_job_types() if jt.name.lower().startswith(term.lower())]
+        names = [t.name for t in registry.all_job_types() if t.name.lower().startswith(term.lower())]
         return (queryset.filter(type__in=names) if names else queryset.none()), False
 
     # --- actions: the same services as the API, each recorded with who did it ------------------
@@ -306,7 +284,7 @@ class JobAdmin(admin.ModelAdmin):
     def _apply(
         self, request: HttpRequest, queryset: QuerySet, change: Callable[[Any], Any], *, done: str, verb: str
     ) -> None:
-        changed, refused = 0, Counter()
+        changed, refused = 0, Counter[str]()
         for job_id in queryset.values_list("pk", flat=True):
             try:
                 change(job_id)
@@ -332,7 +310,7 @@ class JobAdmin(admin.ModelAdmin):
         self._apply(
             request,
             queryset,
-            lambda job_id: services.job_cancel(job_id, actor=request.user),
+            lambda job_id: control.job_cancel(job_id=job_id, actor=request.user),
             done="Cancelled (or asked to stop)",
             verb="cancelled (already ended)",
         )
@@ -342,7 +320,7 @@ class JobAdmin(admin.ModelAdmin):
         self._apply(
             request,
             queryset,
-            lambda job_id: services.job_retry(job_id, actor=request.user),
+            lambda job_id: control.job_retry(job_id=job_id, actor=request.user),
             done="Queued again",
             verb="retried (only failed or cancelled jobs can be)",
         )
@@ -352,7 +330,7 @@ class JobAdmin(admin.ModelAdmin):
         self._apply(
             request,
             queryset,
-            lambda job_id: services.job_rerun(job_id, actor=request.user),
+            lambda job_id: control.job_rerun(job_id=job_id, actor=request.user),
             done="Submitted a new run of",
             verb="re-run",
         )
@@ -371,18 +349,9 @@ class FailingDeliveryFilter(admin.SimpleListFilter):
         return queryset
 
 
-class WebhookAttemptInline(admin.TabularInline):
+class WebhookAttemptInline(ReadOnlyInline):
     model = WebhookAttempt
-    extra = 0
-    can_delete = False
     fields = ["started_at", "duration_ms", "status_code", "error", "response_body"]
-    readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(WebhookDelivery)
@@ -418,7 +387,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         done, busy = 0, 0
         for delivery_id in queryset.values_list("pk", flat=True):
             try:
-                services.webhook_redeliver(delivery_id)
+                webhook_state.webhook_redeliver(delivery_id=delivery_id)
                 done += 1
             except JobStateError:
                 busy += 1

@@ -1,4 +1,10 @@
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from django.apps import AppConfig
+from django.core import checks
 
 
 class TasksAppConfig(AppConfig):
@@ -7,12 +13,27 @@ class TasksAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        import importlib
-
-        from django.conf import settings
-
         # Register the built-in job types, and any configured elsewhere.
         from . import job_types  # noqa: F401
+        from .conf import app_settings
 
-        for module in settings.LONGRUN["JOB_MODULES"]:
+        for module in app_settings.JOB_MODULES:
             importlib.import_module(module)
+        checks.register(check_settings)
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A misspelt key in settings.LONGRUN would be silently ignored: say so."""
+    from django.conf import settings
+
+    from .conf import AppSettings
+
+    unknown = sorted(set(getattr(settings, "LONGRUN", None) or {}) - AppSettings.names())
+    return [
+        checks.Warning(
+            f"settings.LONGRUN has an unknown key {name!r}.",
+            hint=f"Known keys: {', '.join(sorted(AppSettings.names()))}.",
+            id="longrun.W001",
+        )
+        for name in unknown
+    ]

@@ -1,4 +1,5 @@
-"""Domain errors raised by the services; the API maps them to HTTP answers."""
+"""Domain errors raised by the services (the API maps them to HTTP answers), and the two
+exceptions that stop a running job's code."""
 
 from __future__ import annotations
 
@@ -41,3 +42,8 @@ class IdempotencyConflict(Exception):
 
 class JobCancelled(Exception):
     """Raised inside job code by `JobContext.raise_if_cancelled()` to stop cooperatively."""
+
+
+class JobLeaseLost(Exception):
+    """Raised inside job code by `JobContext.raise_if_cancelled()` when the sweep took the job
+    back from this worker (its heartbeat stopped for too long): its outcome would be dropped."""

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 from .registry import job_type
-from .runner import JobContext
+
+if TYPE_CHECKING:  # job types run in workers; importing the worker here would load it everywhere
+    from .worker.context import JobContext
 
 
 @job_type(

@@ -11,6 +11,11 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from .conf import PRIORITY_MAX
+
+# A job's id as callers hold it: the UUID, or its text from a URL or a message.
+JobId = uuid.UUID | str
+
 
 class JobStatus(models.TextChoices):
     SCHEDULED = "scheduled", "Scheduled"
@@ -22,7 +27,9 @@ class JobStatus(models.TextChoices):
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+# Active jobs can be cancelled; in the order a job goes through them.
 ACTIVE_STATUSES = frozenset(set(JobStatus) - TERMINAL_STATUSES)
+CANCELLABLE_STATUS_CHOICES = [status.value for status in JobStatus if status in ACTIVE_STATUSES]
 
 
 class Job(models.Model):
@@ -38,7 +45,7 @@ class Job(models.Model):
     traceback = models.TextField(blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=3)
-    # 0-9, higher runs first when workers are busy.
+    # PRIORITY_MIN-PRIORITY_MAX (0-9), higher runs first when workers are busy.
     priority = models.PositiveSmallIntegerField(default=5)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
     metadata = models.JSONField(default=dict, blank=True)
@@ -79,7 +86,7 @@ class Job(models.Model):
         ]
         constraints = [
             models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_lte_100"),
-            models.CheckConstraint(condition=Q(priority__lte=9), name="job_priority_lte_9"),
+            models.CheckConstraint(condition=Q(priority__lte=PRIORITY_MAX), name="job_priority_lte_9"),
             models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="job_status_valid"),
         ]
 
@@ -215,3 +222,6 @@ class WebhookAttempt(models.Model):
 
     class Meta:
         ordering = ["delivery", "started_at"]
+
+    def __str__(self) -> str:
+        return f"attempt of {self.delivery_id} at {self.started_at:%Y-%m-%d %H:%M:%S} ({self.status_code})"

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Count, QuerySet
-from django.db.models.functions import TruncMinute
+from django.db import connections
+from django.db.models import CharField, Count, QuerySet, TextField, Value
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Replace, TruncMinute
 from django.utils import timezone
 
-from .models import Job, JobEvent, JobStatus, WebhookDelivery
+from .models import ACTIVE_STATUSES, Job, JobEvent, JobId, JobStatus, WebhookDelivery
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
+
+    # Who is asking: what they may see depends on it.
+    Viewer: TypeAlias = User | AnonymousUser
 
 
-def job_list_visible(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Job]:
+def job_list_visible(user: Viewer) -> QuerySet[Job]:
     """The jobs `user` may see: their own, or all of them for staff."""
     jobs = Job.objects.select_related("owner")
     if not user.is_authenticated:
@@ -24,9 +33,73 @@ def job_list_visible(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Job]:
     return jobs.filter(owner=user)
 
 
-def job_get_visible(user: AbstractBaseUser | AnonymousUser, job_id: Any) -> Job:
+def job_get_visible(user: Viewer, job_id: JobId) -> Job:
     """One job `user` may see; Job.DoesNotExist otherwise (another user's job looks absent)."""
     return job_list_visible(user).get(pk=job_id)
+
+
+def job_version_visible(user: Viewer, job_id: JobId) -> int | None:
+    """The current version of a job `user` may see, or None."""
+    version: int | None = job_list_visible(user).filter(pk=job_id).values_list("version", flat=True).first()
+    return version
+
+
+def job_list_recent(user: Viewer, *, mine: bool, limit: int) -> list[Job]:
+    """The newest `limit` jobs `user` may see (only their own with `mine`), newest first."""
+    jobs = job_list_visible(user)
+    if mine:
+        jobs = jobs.filter(owner_id=user.pk)
+    return list(jobs.order_by("-created_at", "-id")[:limit])
+
+
+def job_list_filtered(
+    user: Viewer, *, status: str = "", job_type: str = "", id_prefix: str = ""
+) -> QuerySet[Job]:
+    """The jobs `user` may see, newest first, narrowed by status, type and the start of the id
+    (with or without dashes, any case). The prefix is matched in the database, so it finds a
+    job however old it is."""
+    jobs = job_list_visible(user).order_by("-created_at", "-id")
+    if status:
+        jobs = jobs.filter(status=status)
+    if job_type:
+        jobs = jobs.filter(type=job_type)
+    prefix = id_prefix.lower().replace("-", "")
+    if prefix:
+        jobs = _with_id_prefix(jobs, prefix)
+    return jobs
+
+
+def _with_id_prefix(jobs: QuerySet[Job], prefix: str) -> QuerySet[Job]:
+    """Jobs whose id, written as 32 hex digits, starts with `prefix`. On PostgreSQL an id range
+    the primary key answers; elsewhere (SQLite stores the 32 digits as text) a text match."""
+    if not all(c in "0123456789abcdef" for c in prefix) or len(prefix) > 32:
+        return jobs.none()
+    if connections[jobs.db].vendor == "postgresql":
+        low = uuid.UUID(prefix.ljust(32, "0"))
+        high = uuid.UUID(prefix.ljust(32, "f"))
+        return jobs.filter(pk__gte=low, pk__lte=high)
+    hex_id = Replace(Cast("id", output_field=CharField()), Value("-"), Value(""))
+    return jobs.annotate(_hex_id=hex_id).filter(_hex_id__startswith=prefix)
+
+
+def job_list_cancellable(
+    user: Viewer,
+    *,
+    ids: Sequence[JobId] | None = None,
+    statuses: list[str] | None = None,
+    job_type: str | None = None,
+    limit: int,
+) -> list[JobId]:
+    """Ids of the active jobs `user` may see that match every given filter, oldest first, at
+    most `limit` (a bulk cancel)."""
+    jobs = job_list_visible(user).filter(status__in=ACTIVE_STATUSES)
+    if ids is not None:
+        jobs = jobs.filter(pk__in=ids)
+    if statuses is not None:
+        jobs = jobs.filter(status__in=statuses)
+    if job_type is not None:
+        jobs = jobs.filter(type=job_type)
+    return list(jobs.order_by("created_at").values_list("pk", flat=True)[:limit])
 
 
 def job_events(job: Job, *, after: int | None = None) -> QuerySet[JobEvent]:
@@ -45,11 +118,11 @@ def job_deliveries(job: Job) -> QuerySet[WebhookDelivery]:
     )
 
 
-def job_cancel_requested(job_id: Any) -> bool:
+def job_cancel_requested(job_id: JobId) -> bool:
     return Job.objects.filter(pk=job_id, cancel_requested_at__isnull=False).exists()
 
 
-def job_stats(user: AbstractBaseUser | AnonymousUser, *, minutes: int = 60) -> dict[str, Any]:
+def job_stats(user: Viewer, *, minutes: int = 60) -> dict[str, Any]:
     """Counts per status and per type of the jobs `user` may see, and how many finished in each
     of the last `minutes` minutes (oldest first, zeros included)."""
     jobs = job_list_visible(user).order_by()
@@ -77,3 +150,12 @@ def _as_utc(value: datetime) -> datetime:
     if timezone.is_naive(value):
         return value.replace(tzinfo=dt_timezone.utc)
     return value.astimezone(dt_timezone.utc)
+
+
+def jobs_with_metadata(jobs: QuerySet[Job], key: str, wanted: str) -> QuerySet[Job]:
+    """Jobs whose metadata has `key` with the string `wanted`. On PostgreSQL a containment test
+    the GIN index answers; elsewhere, the key read literally ("a__b" is one key, not a path)."""
+    if connections[jobs.db].vendor == "postgresql":
+        return jobs.filter(metadata__contains={key: wanted})
+    value = Cast(KeyTextTransform(key, "metadata"), output_field=TextField())
+    return jobs.annotate(_metadata_value=value).filter(_metadata_value=wanted)

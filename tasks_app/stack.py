@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-JOB_QUEUE = "longrun.jobs"
-MAINTENANCE_QUEUE = "longrun.maintenance"
-WEBHOOK_QUEUE = "longrun.webhooks"
+from .conf import JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE
+
+__all__ = ["JOB_QUEUE", "MAINTENANCE_QUEUE", "WEBHOOK_QUEUE", "Child", "Stack", "free_port", "wait_for_port"]
 
 
 def free_port() -> int:

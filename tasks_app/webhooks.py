@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from django.conf import settings
+from .conf import app_settings
 
 SECRET_PREFIX = "whsec_"
 RESPONSE_BODY_LIMIT = 1024
@@ -101,8 +101,8 @@ def check_url(url: str) -> Target:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise UnresolvableURL(f"The host {host!r} does not resolve.") from None
-    addresses = [info[4][0] for info in infos]
-    allowed_private = host.lower() in settings.LONGRUN["WEBHOOK_ALLOWED_PRIVATE_HOSTS"]
+    addresses = [str(info[4][0]) for info in infos]
+    allowed_private = host.lower() in [h.lower() for h in app_settings.WEBHOOK_ALLOWED_PRIVATE_HOSTS]
     for address in addresses:
         if not allowed_private and not _is_public(ipaddress.ip_address(address.split("%")[0])):
             raise UnsafeURL(f"The host {host!r} resolves to a non-public address ({address}).")
@@ -124,12 +124,13 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """HTTPS to a fixed address, with SNI and certificate checks for the URL's host name."""
 
     def __init__(self, address: str, host: str, port: int, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._tls = ssl.create_default_context()
+        super().__init__(host, port, timeout=timeout, context=self._tls)
         self._address = address
 
     def connect(self) -> None:
         sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):

@@ -1,49 +1,25 @@
-"""Shared fixtures: users and API clients, a mocked broker, helpers that make jobs and check
-problem responses, and real processes (Celery workers, Daphne, Redis) for the integration tests.
-Those run against the test database, so they use `@pytest.mark.django_db(transaction=True)` and
-see what the workers commit.
+"""Shared fixtures: users and API clients, the faked broker and live channel, and real
+processes (Celery workers, Daphne, Redis) for the integration tests. Those run against the test
+database, so they use `@pytest.mark.django_db(transaction=True)` and see what the workers commit.
 
-The helpers are plain functions; test modules import them (`from .conftest import make_job`)."""
+Plain helpers (jobs in a given state, problem-details checks, `wait_for`) are in `helpers.py`."""
 
 from __future__ import annotations
 
-import json
 import os
-import time
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from unittest import mock
 from urllib.parse import urlparse, urlunparse
 
 import pytest
 from django.conf import settings
-from django.test import Client
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from tasks_app import services
-from tasks_app.models import Job, JobStatus
-from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE, Child, Stack, free_port
-from tasks_app.tasks import run_job
+from tasks_app.services import dispatch
+from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE, free_port
 
-PROBLEM = "application/problem+json"
-PROBLEM_TEXT = ("type", "title", "code", "detail")
-
-
-def wait_for(
-    predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
-) -> Any:
-    """Poll until `predicate()` is truthy and return its value; fail the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+from .helpers import ProcessStack, token_client
 
 
 @pytest.fixture(autouse=True)
@@ -58,16 +34,35 @@ def fast_password_hashing(request):
 
 @pytest.fixture
 def broker():
-    """No broker and no Redis: the Celery publish (`run_job.apply_async`) and the live-update
-    publishes (`events.publish_job_message`, `events.publish_job_messages`) are mocks.
+    """No broker and no Redis. The two seams every change leaves the process by are faked here,
+    and only here: the Celery publish (`services.dispatch.run_job.apply_async`, what a job's
+    dispatch sends) and the live-update publishes (`realtime.publish.publish_job_message(s)`).
 
     Not autouse: modules that want it for every test say `pytest.mark.usefixtures("broker")`."""
     with (
-        mock.patch.object(run_job, "apply_async") as apply_async,
-        mock.patch("tasks_app.events.publish_job_message") as publish,
-        mock.patch("tasks_app.events.publish_job_messages") as publish_many,
+        mock.patch.object(dispatch.run_job, "apply_async") as apply_async,
+        mock.patch("tasks_app.realtime.publish.publish_job_message", autospec=True) as publish,
+        mock.patch("tasks_app.realtime.publish.publish_job_messages", autospec=True) as publish_many,
     ):
         yield mock.Mock(apply_async=apply_async, publish=publish, publish_many=publish_many)
+
+
+@pytest.fixture
+def published(broker):
+    """What would go to the live channels: `publish_job_message(owner_id, message)` calls."""
+    return broker.publish
+
+
+@pytest.fixture
+def apply_async(broker):
+    """What would go to the Celery broker: `run_job.apply_async(args=[job id], ...)` calls."""
+    return broker.apply_async
+
+
+@pytest.fixture
+def commit(django_capture_on_commit_callbacks):
+    """Run the block as if it committed: on-commit callbacks run when the block exits."""
+    return lambda: django_capture_on_commit_callbacks(execute=True)
 
 
 @pytest.fixture(autouse=True)
@@ -95,20 +90,6 @@ def staff_user(django_user_model):
     return django_user_model.objects.create_user("carol", password="carol-password-123", is_staff=True)
 
 
-def token_client(user) -> APIClient:
-    client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
-
-
-def session_client(user) -> Client:
-    """A browser-like client logged in as `user` (session cookie)."""
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 @pytest.fixture
 def api(user) -> APIClient:
     """An API client authenticated by token as `user`."""
@@ -123,114 +104,6 @@ def other_api(other_user) -> APIClient:
 @pytest.fixture
 def staff_api(staff_user) -> APIClient:
     return token_client(staff_user)
-
-
-# --- jobs -----------------------------------------------------------------------------------
-
-
-def make_job(owner, type="sleep", params=None, **kwargs) -> Job:
-    """A job submitted through the services; without `params`, a sleep job sleeps 1 s, other
-    types get {}."""
-    if params is None:
-        params = {"seconds": 1} if type == "sleep" else {}
-    return services.job_create(owner=owner, type=type, params=params, **kwargs)
-
-
-def running_job(owner, **kwargs) -> Job:
-    job = make_job(owner, **kwargs)
-    claimed = services.job_claim(job.pk, worker="w1")
-    assert claimed is not None and claimed.status == JobStatus.RUNNING
-    return claimed
-
-
-def failed_job(owner, traceback: str = "", **kwargs) -> Job:
-    job = running_job(owner, **kwargs)
-    failed = services.job_fail(
-        job.pk, worker="w1", error={"type": "DemoError", "message": "boom"}, traceback=traceback
-    )
-    assert failed is not None and failed.status == JobStatus.FAILED
-    return failed
-
-
-def succeeded_job(owner, result=None, **kwargs) -> Job:
-    job = running_job(owner, **kwargs)
-    done = services.job_succeed(job.pk, worker="w1", result={"slept": 1} if result is None else result)
-    assert done is not None and done.status == JobStatus.SUCCEEDED
-    return done
-
-
-def cancelled_job(owner, **kwargs) -> Job:
-    job = services.job_cancel(make_job(owner, **kwargs).pk, actor=owner)
-    assert job.status == JobStatus.CANCELLED
-    return job
-
-
-# --- the API -----------------------------------------------------------------------------------
-
-
-def detail_url(job_id) -> str:
-    return f"/api/jobs/{job_id}/"
-
-
-def post_job(client, body, key=None, **kwargs):
-    """POST /api/jobs/ with `body` as JSON (bytes are sent as they are, as application/json) and
-    `key`, if given, as the Idempotency-Key."""
-    if key is not None:
-        kwargs["HTTP_IDEMPOTENCY_KEY"] = key
-    if isinstance(body, bytes):
-        return client.post("/api/jobs/", data=body, content_type="application/json", **kwargs)
-    return client.post("/api/jobs/", body, format="json", **kwargs)
-
-
-def page_ids(response) -> list[str]:
-    """The job ids on one page of GET /api/jobs/, in order."""
-    assert response.status_code == 200, response.content
-    return [item["id"] for item in response.json()["results"]]
-
-
-def assert_problem(response, status: int, code: str | None = None, *, filled: tuple[str, ...] = ()) -> dict:
-    """The response is RFC 9457 problem details with `status` (and `code`); returns the body.
-    `filled`: the members (of PROBLEM_TEXT) that must also be non-empty strings."""
-    assert response.status_code == status, response.content[:2000]
-    assert response["Content-Type"].split(";")[0].strip() == PROBLEM, response["Content-Type"]
-    body = json.loads(response.content)
-    assert {"type", "title", "status", "code", "detail"} <= set(body), body
-    assert body["status"] == status
-    for member in filled:
-        assert isinstance(body[member], str) and body[member], body
-    if code is not None:
-        assert body["code"] == code, body
-    return body
-
-
-def assert_invalid(
-    response,
-    *fields: str,
-    filled: tuple[str, ...] = (),
-    error_members: bool = False,
-    error_text: bool = False,
-) -> list[dict]:
-    """A 400 validation problem naming exactly `fields` (in any order); returns the errors.
-    `error_members`: each error has exactly field, message and code; `error_text`: its message and
-    code are non-empty strings."""
-    body = assert_problem(response, 400, "invalid", filled=filled)
-    errors = body["errors"]
-    assert isinstance(errors, list) and errors, body
-    for error in errors:
-        if error_members:
-            assert set(error) == {"field", "message", "code"}, error
-        if error_text:
-            assert isinstance(error["message"], str) and error["message"]
-            assert isinstance(error["code"], str) and error["code"]
-    assert sorted({e["field"] for e in errors}) == sorted(fields), errors
-    return errors
-
-
-def problem_asserts(**checks) -> tuple[Callable[..., dict], Callable[..., list[dict]]]:
-    """assert_problem and assert_invalid with a module's own checks bound (`filled=...`, and for
-    assert_invalid also `error_members=` and `error_text=`)."""
-    problem_checks = {k: v for k, v in checks.items() if k == "filled"}
-    return partial(assert_problem, **problem_checks), partial(assert_invalid, **checks)
 
 
 # --- real processes -------------------------------------------------------------------------
@@ -272,36 +145,6 @@ def purge_queues(process_env) -> None:
                 channel.queue_purge(queue)
             except Exception:  # a queue that never existed
                 pass
-
-
-class ProcessStack(Stack):
-    """A Stack whose workers report readiness and whose logs are kept for failed tests."""
-
-    def kill_all(self) -> None:
-        """Tear down at the end of a test: killed, not shut down gracefully, which would only
-        cost time (graceful shutdown has tests of its own)."""
-        for child in reversed(list(self.children)):
-            try:
-                self.kill(child)
-            except ProcessLookupError:
-                child.process.wait()
-                self.children.remove(child)
-
-    def start_ready_worker(self, name: str, *, timeout: float = 60.0, **kwargs: Any) -> Child:
-        child = self.start_worker(name, **kwargs)
-        log = self.log_dir / f"{name}.log"
-        wait_for(
-            lambda: child.process.poll() is not None or (log.exists() and b" ready." in log.read_bytes()),
-            timeout=timeout,
-            what=f"worker {name} to be ready",
-        )
-        if child.process.poll() is not None:
-            pytest.fail(f"worker {name} exited:\n{log.read_text()[-3000:]}")
-        return child
-
-    def log_tail(self, name: str, size: int = 4000) -> str:
-        path = self.log_dir / f"{name}.log"
-        return path.read_text(errors="replace")[-size:] if path.exists() else ""
 
 
 @pytest.fixture

@@ -20,10 +20,9 @@ from django.contrib.messages import get_messages
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from tasks_app import services
 from tasks_app.models import Job, JobEvent, JobEventKind, JobStatus
-
-from .conftest import cancelled_job, failed_job, make_job, running_job, session_client, succeeded_job
+from tasks_app.services import execution
+from tests.helpers import cancelled_job, failed_job, make_job, running_job, session_client, succeeded_job
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker")]
 
@@ -362,9 +361,9 @@ def test_change_form_shows_json_pretty_and_the_history_in_order(root_client, use
         params={"message": "boom <b>bold</b>", "delay": 0},
         metadata={"customer": "acme", "ticket": "T-1"},
     )
-    services.job_log(job.pk, worker="w1", message="step one")
-    services.job_fail(
-        job.pk,
+    execution.job_log(job_id=job.pk, worker="w1", message="step one")
+    execution.job_fail(
+        job_id=job.pk,
         worker="w1",
         error={"type": "DemoError", "message": "boom <b>"},
         traceback='Traceback (most recent call last):\n  File "x.py"\n<script>alert(1)</script>',

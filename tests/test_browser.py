@@ -20,10 +20,9 @@ from urllib.parse import urlparse
 import pytest
 from django.conf import settings
 
-from tasks_app import services
 from tasks_app.models import Job, JobStatus
-
-from .conftest import wait_for
+from tasks_app.services import submission
+from tests.helpers import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -328,7 +327,7 @@ def test_operator_follows_and_cancels_jobs_live(chromium, stack, free_tcp_port, 
         expect(live).to_have_attribute("data-state", "reconnecting", timeout=10_000)
         expect(live).to_have_text("Reconnecting…")
         shot(page, "reconnecting", full_page=False)
-        missed = services.job_create(owner=dora, type="sleep", params={"seconds": 0.2, "steps": 2})
+        missed = submission.job_create(owner=dora, type="sleep", params={"seconds": 0.2, "steps": 2})
         wait_for(
             lambda: Job.objects.get(pk=missed.pk).status == JobStatus.SUCCEEDED,
             what="the job run while offline",
@@ -437,7 +436,7 @@ def test_admin_change_list_shows_a_new_job_run_to_success_without_a_reload(
 
     admin_user = django_user_model.objects.create_superuser("erin", "erin@example.com", "erin-password-123")
     # An earlier job, so the list has its table (an empty list announces new jobs instead).
-    earlier = services.job_create(owner=admin_user, type="sleep", params={"seconds": 0})
+    earlier = submission.job_create(owner=admin_user, type="sleep", params={"seconds": 0})
     stack.env["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"] = "1"
     stack.start_ready_worker("worker", concurrency=2)
     stack.start_daphne(free_tcp_port)

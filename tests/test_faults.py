@@ -10,11 +10,10 @@ import time
 
 import pytest
 
-from tasks_app import services
 from tasks_app.models import Job, JobEvent, JobStatus
+from tasks_app.services import control, submission
 from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE
-
-from .conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -39,7 +38,7 @@ def cluster(stack, tmp_path):
 
 
 def submit(user, type, **options):
-    return services.job_create(owner=user, type=type, **options)
+    return submission.job_create(owner=user, type=type, **options)
 
 
 def terminal(job_id, timeout=60):
@@ -107,7 +106,7 @@ def test_cooperative_cancel_of_a_running_primes_job(cluster, user):
     job = submit(user, "primes", params={"n": 10_000_000_000, "chunk": 100_000})
     wait_for(lambda: Job.objects.get(pk=job.pk).progress > 0, what="progress")
     asked = time.monotonic()
-    services.job_cancel(job.pk, actor=user)
+    control.job_cancel(job_id=job.pk, actor=user)
     done = terminal(job.pk, timeout=20)
     assert done.status == JobStatus.CANCELLED
     assert time.monotonic() - asked < float(FAST["LONGRUN_CANCEL_GRACE"]) + 3
@@ -119,7 +118,7 @@ def test_a_job_that_ignores_cancel_is_terminated_after_the_grace(cluster, user):
     running = wait_for(
         lambda: (j := Job.objects.get(pk=job.pk)).status == JobStatus.RUNNING and j, what="running"
     )
-    services.job_cancel(job.pk, actor=user)
+    control.job_cancel(job_id=job.pk, actor=user)
     done = terminal(job.pk, timeout=30)
     assert done.status == JobStatus.CANCELLED
     assert "terminated" in JobEvent.objects.filter(job=done).last().message

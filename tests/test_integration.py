@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tasks_app.models import Job, JobStatus
-
-from .conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -45,12 +44,12 @@ def test_failing_job_ends_failed_with_error_and_traceback(api, shared_worker):
 def test_the_same_message_delivered_twice_at_once_runs_the_job_once(user, shared_worker):
     from unittest import mock
 
-    from tasks_app import services
     from tasks_app.models import JobEvent
+    from tasks_app.services import submission
     from tasks_app.tasks import run_job
 
-    with mock.patch("tasks_app.tasks.run_job.apply_async"):
-        job = services.job_create(owner=user, type="sleep", params={"seconds": 1, "steps": 2})
+    with mock.patch("tasks_app.services.dispatch.run_job.apply_async"):
+        job = submission.job_create(owner=user, type="sleep", params={"seconds": 1, "steps": 2})
     # Two deliveries of the same job, picked up at once by the worker's two processes.
     run_job.apply_async(args=[str(job.pk)])
     run_job.apply_async(args=[str(job.pk)])

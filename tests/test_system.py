@@ -11,8 +11,7 @@ from rest_framework.authtoken.models import Token
 
 from tasks_app.models import Job, JobStatus
 from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE
-
-from .conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

@@ -30,12 +30,12 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tasks_app import services, webhook_sender, webhooks
+from tasks_app import webhooks
 from tasks_app.models import DeliveryStatus, Job, WebhookAttempt, WebhookDelivery
+from tasks_app.services import control, dispatch, execution, submission
 from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE
-from tasks_app.tasks import deliver_webhook
-
-from .conftest import ProcessStack, wait_for
+from tasks_app.worker import webhook_sender
+from tests.helpers import ProcessStack, wait_for
 
 HANG = "hang"  # a receiver script step: hold the request (up to 60 s) without answering
 
@@ -350,8 +350,10 @@ def test_a_host_that_rebinds_to_loopback_after_submission_is_never_connected_to(
     allow_private(settings)
     url = receiver.url("/hook", host="rebind.example.com")
     with FakeDNS(rebind_example_com=[["93.184.216.34"]]).patch():
-        job = services.job_create(owner=user, type="sleep", params={"seconds": 0}, callback_url=url)
-    services.job_cancel(job.pk, actor=user)  # ends it: the delivery is written (and not sent: no commit)
+        job = submission.job_create(owner=user, type="sleep", params={"seconds": 0}, callback_url=url)
+    control.job_cancel(
+        job_id=job.pk, actor=user
+    )  # ends it: the delivery is written (and not sent: no commit)
     delivery = WebhookDelivery.objects.get(job=job)
     assert delivery.status == DeliveryStatus.PENDING and delivery.event_type == "job.cancelled"
 
@@ -557,10 +559,10 @@ def test_failed_and_cancelled_jobs_are_delivered_as_such(hooks, api, user, recei
     secret = secret_of(api)
     failing = submit(api, receiver.url("/failed"), type="fail", max_attempts=1)
     with transaction.atomic():  # cancelled while still queued: it never reaches a worker
-        cancelled = services.job_create(
+        cancelled = submission.job_create(
             owner=user, type="sleep", params={"seconds": 5}, callback_url=receiver.url("/cancelled")
         )
-        services.job_cancel(cancelled.pk, actor=user)
+        control.job_cancel(job_id=cancelled.pk, actor=user)
     for job_id, path, status in (
         (failing["id"], "/failed", "failed"),
         (str(cancelled.pk), "/cancelled", "cancelled"),
@@ -752,7 +754,7 @@ def test_admin_redeliver_action_queues_the_delivery(
 ):
     failed, busy = some_deliveries["msg_failedout"], some_deliveries["msg_inflight"]
     with (
-        mock.patch.object(deliver_webhook, "apply_async") as apply_async,
+        mock.patch.object(dispatch.deliver_webhook, "apply_async") as apply_async,
         django_capture_on_commit_callbacks(execute=True),
     ):
         response = admin_client_root.post(
@@ -778,17 +780,17 @@ def test_admin_redeliver_action_queues_the_delivery(
 @pytest.mark.usefixtures("broker")
 def test_started_and_throttled_progress_deliveries_only_when_asked(user, settings, monkeypatch):
     settings.LONGRUN = {**settings.LONGRUN, "WEBHOOK_ALLOWED_PRIVATE_HOSTS": ["localhost"]}
-    monkeypatch.setattr(services, "webhooks_dispatch", lambda ids: len(ids))
+    monkeypatch.setattr(dispatch, "webhooks_dispatch", lambda delivery_ids: len(delivery_ids))
     url = "http://localhost:9/hook"
-    asked = services.job_create(
+    asked = submission.job_create(
         owner=user, type="sleep", callback_url=url, webhook_events=["job.started", "job.progress"]
     )
-    plain = services.job_create(owner=user, type="sleep", callback_url=url)
+    plain = submission.job_create(owner=user, type="sleep", callback_url=url)
     for job in (asked, plain):
-        services.job_claim(job.pk, worker="w1")
+        execution.job_claim(job_id=job.pk, worker="w1")
         for percent in (10, 20, 30):
-            services.job_progress(job.pk, worker="w1", percent=percent)
-        services.job_succeed(job.pk, worker="w1", result={})
+            execution.job_progress(job_id=job.pk, worker="w1", percent=percent)
+        execution.job_succeed(job_id=job.pk, worker="w1", result={})
 
     def types(job):
         return list(

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
@@ -11,7 +13,7 @@ class Command(BaseCommand):
         "The generated password is kept in var/admin-password (mode 600) so later runs can show it."
     )
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         User = get_user_model()
         password_file = settings.VAR_DIR / "admin-password"
         admin = User.objects.filter(is_superuser=True).order_by("pk").first()

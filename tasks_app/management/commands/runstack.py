@@ -2,10 +2,11 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE, Stack, free_port
 
@@ -17,7 +18,7 @@ class Command(BaseCommand):
         "Ctrl+C stops everything with a warm shutdown; a second Ctrl+C stops at once."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument(
@@ -27,7 +28,7 @@ class Command(BaseCommand):
             help="Seconds a worker may take to finish running jobs on Ctrl+C.",
         )
 
-    def handle(self, *args, host: str, port: int, shutdown_grace: float, **options):
+    def handle(self, *args: Any, host: str, port: int, shutdown_grace: float, **options: Any) -> None:
         call_command("migrate", interactive=False, verbosity=0)
         self.stdout.write("Longrun is starting.")
         call_command("ensureadmin", stdout=self.stdout)
@@ -39,7 +40,7 @@ class Command(BaseCommand):
         )
         stopping = {"asked": 0}
 
-        def on_signal(signum, frame):
+        def on_signal(signum: int, frame: Any) -> None:
             stopping["asked"] += 1
             if stopping["asked"] > 1:
                 raise KeyboardInterrupt

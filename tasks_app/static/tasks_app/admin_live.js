@@ -3,22 +3,19 @@
  *
  * Change list: status badges and progress bars of the rows on the page move as jobs change; a
  * new job appears at the top when the page can tell it matches the filters (none, status, type),
- * else a "N new jobs, show" button announces it (a click reloads with the current filters). Change form: the job's badge and progress move, and a note
- * offers a reload when a change reaches a field shown only on a full render.
+ * else a "N new jobs, show" button announces it (a click reloads with the current filters).
+ * Change form: the job's badge and progress move, and a note offers a reload when a change
+ * reaches a field shown only on a full render.
  */
+import { formatTime, h, liveIndicator, statusLabel } from "./common.js";
 import { JobStream } from "./live.js";
-
-const LABELS = {
-  scheduled: "Scheduled", queued: "Queued", running: "Running",
-  succeeded: "Succeeded", failed: "Failed", cancelled: "Cancelled",
-};
 
 function updateRow(job) {
   let touched = false;
   for (const badge of document.querySelectorAll(`[data-job-id="${job.id}"][data-field="status"]`)) {
     badge.className = `lr-badge lr-badge-${job.status}`;
     const cancelling = job.status === "running" && job.cancel_requested_at ? " · cancelling" : "";
-    badge.textContent = (LABELS[job.status] || job.status) + cancelling;
+    badge.textContent = statusLabel(job.status) + cancelling;
     touched = true;
   }
   for (const bar of document.querySelectorAll(`[data-job-id="${job.id}"][data-field="progress"]`)) {
@@ -30,15 +27,16 @@ function updateRow(job) {
   return touched;
 }
 
+/** The connection state, shown at the top of the admin's content by common.js's indicator. */
 function stateIndicator(anchor) {
-  const indicator = document.createElement("span");
-  indicator.className = "lr-live-state";
-  indicator.dataset.testid = "live-state";
+  const indicator = h(
+    "span",
+    { class: "lr-live-state", dataset: { testid: "live-state" }, role: "status", hidden: true },
+    h("span", { class: "live-dot", "aria-hidden": "true" }),
+    h("span", { class: "live-label" }),
+  );
   anchor.prepend(indicator);
-  return (state) => {
-    indicator.dataset.state = state;
-    indicator.textContent = { live: "● Live", connecting: "Connecting…", reconnecting: "Reconnecting…", offline: "Offline" }[state] || state;
-  };
+  return liveIndicator(indicator);
 }
 
 // Filters this page can judge a new job against by itself; any other parameter means "ask".
@@ -53,48 +51,32 @@ function matchesFilters(job) {
   return (!status || status === job.status) && (!type || type === job.type);
 }
 
-function cell(tag, className, content) {
-  const el = document.createElement(tag);
-  el.className = className;
-  if (content instanceof Node) el.append(content); else el.textContent = content;
-  return el;
-}
-
 function newRow(job) {
   // Same columns as JobAdmin.list_display, so it sits with the server-rendered rows.
-  const row = document.createElement("tr");
-  const box = document.createElement("input");
-  Object.assign(box, { type: "checkbox", name: "_selected_action", value: job.id, className: "action-select" });
-  const link = document.createElement("a");
-  link.href = `${window.location.pathname}${job.id}/change/`;
-  const code = document.createElement("code");
-  code.title = job.id;
-  code.textContent = job.id.slice(0, 8);
-  link.append(code);
-  const badge = document.createElement("span");
-  Object.assign(badge.dataset, { jobId: job.id, field: "status" });
-  const bar = document.createElement("progress");
-  bar.className = "lr-progress";
-  bar.max = 100;
-  Object.assign(bar.dataset, { jobId: job.id, field: "progress" });
-  row.append(
-    cell("td", "action-checkbox", box), cell("th", "field-short_id", link), cell("td", "field-type", job.type),
-    cell("td", "field-owner", job.owner), cell("td", "field-status_badge", badge), cell("td", "field-progress_bar", bar),
-    cell("td", "field-attempts", String(job.attempts)), cell("td", "field-priority", String(job.priority)),
-    cell("td", "field-created_at", new Date(job.created_at).toLocaleString()), cell("td", "field-duration", "—"),
+  const box = h("input", { type: "checkbox", name: "_selected_action", value: job.id, class: "action-select" });
+  const link = h("a", { href: `${window.location.pathname}${job.id}/change/` },
+    h("code", { title: job.id }, job.id.slice(0, 8)));
+  const badge = h("span", { dataset: { jobId: job.id, field: "status" } });
+  const bar = h("progress", { class: "lr-progress", max: 100, dataset: { jobId: job.id, field: "progress" } });
+  const row = h("tr", { dataset: { liveRow: job.id } },
+    h("td", { class: "action-checkbox" }, box),
+    h("th", { class: "field-short_id" }, link),
+    h("td", { class: "field-type" }, job.type),
+    h("td", { class: "field-owner" }, job.owner),
+    h("td", { class: "field-status_badge" }, badge),
+    h("td", { class: "field-progress_bar" }, bar),
+    h("td", { class: "field-attempts" }, String(job.attempts)),
+    h("td", { class: "field-priority" }, String(job.priority)),
+    h("td", { class: "field-created_at" }, formatTime(job.created_at, { full: true })),
+    h("td", { class: "field-duration" }, "—"),
   );
-  row.dataset.liveRow = job.id;
   return row;
 }
 
 function changeList(root) {
   const seen = new Set([...document.querySelectorAll("[data-job-id]")].map((el) => el.dataset.jobId));
   const fresh = new Set();
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "lr-new-jobs";
-  button.dataset.testid = "new-jobs";
-  button.hidden = true;
+  const button = h("button", { type: "button", class: "lr-new-jobs", dataset: { testid: "new-jobs" }, hidden: true });
   button.addEventListener("click", () => window.location.reload());
   root.prepend(button);
   const stream = new JobStream({
@@ -120,10 +102,7 @@ function changeList(root) {
 }
 
 function changeForm(root, jobId) {
-  const note = document.createElement("p");
-  note.className = "lr-new-jobs";
-  note.dataset.testid = "job-changed";
-  note.hidden = true;
+  const note = h("p", { class: "lr-new-jobs", dataset: { testid: "job-changed" }, hidden: true });
   root.prepend(note);
   const stream = new JobStream({
     onState: stateIndicator(root),
@@ -131,11 +110,11 @@ function changeForm(root, jobId) {
     onJob(job, event) {
       updateRow(job);
       if (event !== "progress") {
-        note.innerHTML = "";
-        const link = document.createElement("a");
-        link.href = window.location.pathname;
-        link.textContent = "reload";
-        note.append(`Version ${job.version}: ${job.status}. `, link, " for every field.");
+        note.replaceChildren(
+          `Version ${job.version}: ${job.status}. `,
+          h("a", { href: window.location.pathname }, "reload"),
+          " for every field.",
+        );
         note.hidden = false;
       }
     },

@@ -162,7 +162,9 @@ export class JobForm {
       }
     }
     const body = { type: this.typeSelect.value, params };
-    if (this.priority.validity.badInput) errors.push({ field: "priority", message: "Enter a whole number from 0 to 9." });
+    if (this.priority.validity.badInput) {
+      errors.push({ field: "priority", message: `Enter a whole number from ${this.priority.min} to ${this.priority.max}.` });
+    }
     else if (this.priority.value.trim() !== "") body.priority = Number(this.priority.value);
     if (errors.length) {
       this.showErrors(errors);

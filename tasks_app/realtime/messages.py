@@ -1,0 +1,80 @@
+"""Every live message shape, in one place.
+
+Internal (channel layer), published after commit by `services.notify`:
+
+    {"type": "job.event", "event": kind, "version": n, "job": <REST representation>, "entry"?: <history entry>}
+
+To clients, over the WebSocket (`/ws/jobs/`) and as the data of SSE `job` frames:
+
+    {"type": "job", "event": kind, "version": n, "job": {...}, "entry"?: {...}}
+    {"type": "snapshot", "job": id | "scope": "mine"/"all", "jobs": [...]}      (WebSocket)
+    {"type": "error", "code": ..., "message": ...}                              (WebSocket)
+    {"event": "snapshot" | "resync", "version": n, "job": {...}}                 (SSE opening/resync)
+
+`kind` is `created`, `status`, `progress`, `log` or `cancel_requested`. Every job is the REST
+representation (`serializers.JobSerializer`) as plain JSON values, so it can cross msgpack.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+
+from ..models import Job, JobEvent
+from ..serializers import JobEventSerializer, serialize_job
+
+
+def plain(data: Any) -> Any:
+    """A JSON round trip: ReturnDicts, UUIDs and datetimes become plain (msgpack-able) values."""
+    return json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+
+
+def job_data(job: Job) -> dict[str, Any]:
+    """The REST representation of a job as plain JSON values."""
+    data: dict[str, Any] = plain(serialize_job(job))
+    return data
+
+
+def entry_data(entry: JobEvent) -> dict[str, Any]:
+    """A history entry as the API shows it, as plain JSON values."""
+    data: dict[str, Any] = plain(JobEventSerializer(entry).data)
+    return data
+
+
+def job_changed(job: Job, event: str, entry: JobEvent | None = None) -> dict[str, Any]:
+    """The channel-layer message for one change: the job at the version this change produced,
+    and the history entry it recorded, if any (so a live log needs no extra read)."""
+    message = job_changed_from_data(job_data(job), event)
+    if entry is not None:
+        message["entry"] = entry_data(entry)
+    return message
+
+
+def job_changed_from_data(data: dict[str, Any], event: str) -> dict[str, Any]:
+    return {"type": "job.event", "event": event, "version": data["version"], "job": data}
+
+
+def client_job(message: dict[str, Any]) -> dict[str, Any]:
+    """What a client gets for a change (WebSocket message, SSE `job` frame data)."""
+    out = {"type": "job", "event": message["event"], "version": message["version"], "job": message["job"]}
+    if "entry" in message:
+        out["entry"] = message["entry"]
+    return out
+
+
+def snapshot(jobs: list[dict[str, Any]], **subscription: str) -> dict[str, Any]:
+    """The WebSocket answer to a subscribe: the current state of what was subscribed to."""
+    return {"type": "snapshot", **subscription, "jobs": jobs}
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    """A WebSocket error; the socket stays open."""
+    return {"type": "error", "code": code, "message": message}
+
+
+def stream_job(data: dict[str, Any], event: str = "snapshot") -> dict[str, Any]:
+    """The data of an SSE `job` frame that is not a change: the opening snapshot, or a resync
+    after the stream noticed it had missed something."""
+    return {"event": event, "version": data["version"], "job": data}

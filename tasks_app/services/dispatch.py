@@ -1,0 +1,134 @@
+"""The only module that talks to the Celery broker.
+
+Tasks are published by name (`conf.RUN_JOB_TASK`...), through Celery's `send_task`, which takes
+the same options as `apply_async`: nothing in the services imports `tasks.py`, so the worker side
+(`tasks -> worker -> services`) never comes back up. Every publish happens after commit; the
+database row is the outbox (`Job.dispatched_at`, `WebhookDelivery.locked_until`), so a publish
+lost to a dead broker is retried by the sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from celery import current_app
+from django.db import transaction
+from django.utils import timezone
+
+from ..conf import DELIVER_WEBHOOK_TASK, PRIORITY_MAX, RUN_JOB_TASK, WEBHOOK_QUEUE, app_settings
+from ..models import Job, JobId, JobStatus
+
+logger = logging.getLogger(__name__)
+
+
+class TaskByName:
+    """A Celery task known only by its name: `apply_async` publishes it without importing it.
+    Also the one seam tests fake (`tests/conftest.py`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def apply_async(self, **options: Any) -> Any:
+        return current_app.send_task(self.name, **options)
+
+    def __repr__(self) -> str:
+        return f"TaskByName({self.name!r})"
+
+
+run_job = TaskByName(RUN_JOB_TASK)
+deliver_webhook = TaskByName(DELIVER_WEBHOOK_TASK)
+
+
+def dispatch_on_commit(job: Job) -> None:
+    """Publish a queued job's message once the transaction that queued it has committed."""
+    transaction.on_commit(partial(job_dispatch, job_id=job.pk))
+
+
+def jobs_dispatch_on_commit(job_ids: Sequence[JobId]) -> None:
+    transaction.on_commit(partial(jobs_dispatch, job_ids=job_ids))
+
+
+def job_dispatch(*, job_id: JobId) -> bool:
+    """Publish the Celery message for one queued job; see `jobs_dispatch`."""
+    return jobs_dispatch(job_ids=[job_id]) == 1
+
+
+def jobs_dispatch(*, job_ids: Sequence[JobId]) -> int:
+    """Publish the Celery messages for queued jobs over one broker connection and mark them
+    dispatched. Returns how many were published.
+
+    Called after commit and by the sweep. A broker outage leaves `dispatched_at` empty, so the
+    sweep tries again; a crash after publishing but before marking publishes twice, which the
+    conditional claim turns into a no-op.
+    """
+    position = {str(job_id): index for index, job_id in enumerate(job_ids)}
+    jobs = sorted(
+        Job.objects.filter(pk__in=job_ids, status=JobStatus.QUEUED).values_list("pk", "priority", "timeout"),
+        key=lambda row: position[str(row[0])],  # publish in the order given (oldest first)
+    )
+    published: list[Any] = []
+    try:
+        with current_app.producer_or_acquire() as producer:
+            for job_id, priority, timeout in jobs:
+                limits = {}
+                if timeout:
+                    # Soft: the job gets SoftTimeLimitExceeded and may clean up; hard: killed.
+                    limits = {"soft_time_limit": timeout, "time_limit": timeout + app_settings.TIMEOUT_GRACE}
+                run_job.apply_async(
+                    args=[str(job_id)],
+                    task_id=str(uuid.uuid4()),
+                    # kombu's Redis priorities run 0 first; ours run 9 first.
+                    priority=PRIORITY_MAX - priority,
+                    retry=False,
+                    producer=producer,
+                    **limits,
+                )
+                published.append(job_id)
+    except Exception as exc:  # kombu raises several unrelated types for a dead broker
+        logger.warning(
+            "dispatch of %d job(s) deferred to the sweep, broker unavailable: %s",
+            len(jobs) - len(published),
+            exc,
+        )
+    if published:
+        Job.objects.filter(pk__in=published, status=JobStatus.QUEUED, dispatched_at__isnull=True).update(
+            dispatched_at=timezone.now()
+        )
+    return len(published)
+
+
+def webhooks_dispatch_on_commit(delivery_ids: list[int]) -> None:
+    transaction.on_commit(partial(webhooks_dispatch, delivery_ids=delivery_ids))
+
+
+def webhooks_dispatch(*, delivery_ids: list[int]) -> int:
+    """Queue delivery tasks on their own queue. A lost message is re-sent by the sweep once the
+    delivery's `locked_until` has passed."""
+    sent = 0
+    for delivery_id in delivery_ids:
+        try:
+            deliver_webhook.apply_async(args=[delivery_id], queue=WEBHOOK_QUEUE, retry=False)
+            sent += 1
+        except Exception as exc:  # broker down: the sweep tries again
+            logger.warning("webhook delivery %s deferred to the sweep: %s", delivery_id, exc)
+            break
+    return sent
+
+
+def terminate_on_commit(celery_task_id: str) -> None:
+    transaction.on_commit(partial(task_terminate, celery_task_id=celery_task_id))
+
+
+def task_terminate(*, celery_task_id: str) -> None:
+    """Have the worker process running a task killed (a forced cancel or a blown deadline).
+    Best effort: if the broker is down the job has already been ended in the database."""
+    if not celery_task_id:
+        return
+    try:
+        current_app.control.revoke(celery_task_id, terminate=True, signal="SIGKILL")
+    except Exception:
+        logger.warning("could not ask workers to terminate task %s", celery_task_id, exc_info=True)

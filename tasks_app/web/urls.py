@@ -1,0 +1,12 @@
+"""Routes of the pages for people (included at the site root by project/urls.py)."""
+
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("jobs/<uuid:job_id>/", views.job_detail, name="job-page"),
+    path("accounts/login/", views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", views.LogoutView.as_view(), name="logout"),
+]

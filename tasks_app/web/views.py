@@ -1,0 +1,183 @@
+"""Server-rendered pages for people: the dashboard, a job's page and the login page.
+
+The REST API lives in `api/`. Pages render the current state so they are useful before (and
+without) JavaScript; the ES modules in `static/tasks_app/` then keep them live over the
+WebSocket (`live.js`) and talk to the REST API for everything they change. Routes are in
+`web/urls.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.csrf import ensure_csrf_cookie
+
+from .. import registry, selectors
+from ..conf import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN, SNAPSHOT_LIMIT
+from ..models import Job, JobStatus
+from ..serializers import JobEventSerializer, JobSerializer
+
+# Every field of the job representation on the job page: (field, label, format). Formats:
+# "text", "json" (pretty-printed), "time" (ISO 8601, shown in the reader's time zone), "links"
+# (the API URLs of the job, by name).
+# result, error and traceback have a section of their own, under "Outcome".
+DETAIL_FIELDS: list[tuple[str, str, str]] = [
+    ("id", "ID", "text"),
+    ("type", "Type", "text"),
+    ("status", "Status", "text"),
+    ("progress", "Progress (%)", "text"),
+    ("progress_message", "Progress message", "text"),
+    ("params", "Parameters", "json"),
+    ("priority", "Priority", "text"),
+    ("attempts", "Attempts", "text"),
+    ("max_attempts", "Max attempts", "text"),
+    ("owner", "Owner", "text"),
+    ("metadata", "Metadata", "json"),
+    ("run_at", "Run at", "time"),
+    ("timeout", "Timeout (s)", "text"),
+    ("callback_url", "Callback URL", "text"),
+    ("webhook_events", "Extra webhook events", "json"),
+    ("created_at", "Created", "time"),
+    ("started_at", "Started", "time"),
+    ("finished_at", "Finished", "time"),
+    ("cancel_requested_at", "Cancel requested", "time"),
+    ("version", "Version", "text"),
+    ("links", "Links", "links"),
+]
+
+
+def _display(value: Any, fmt: str) -> str:
+    """The text a field shows before the page's script takes over (which formats the same way,
+    except that times are shown in the reader's time zone)."""
+    if value is None or value == "" or (fmt in ("json", "links") and value == {}):
+        return "—"
+    if fmt == "json":
+        return json.dumps(value, indent=2, ensure_ascii=False)
+    return str(value)
+
+
+def _api_urls() -> dict[str, str]:
+    return {
+        "jobs": reverse("api:job-list"),
+        "jobTypes": reverse("api:job-types"),
+        "stats": reverse("api:stats"),
+        # The page of one job: the script swaps the zero UUID for a job's id.
+        "jobPage": reverse("job-page", args=[uuid.UUID(int=0)]),
+        "websocket": "/ws/jobs/",
+    }
+
+
+def _parse_uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text.strip())
+    except ValueError:
+        return None
+
+
+@login_required
+@ensure_csrf_cookie
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """Jobs newest first, counters per status, jobs finished per minute and a submit form.
+
+    The filters are a GET form (`?status=&type=&q=`), so they work without JavaScript too; `q`
+    is a job id: a whole one opens that job, a prefix filters the rows shown."""
+    status = request.GET.get("status", "")
+    job_type = request.GET.get("type", "").strip()
+    query = request.GET.get("q", "").strip()
+    if query and (job_id := _parse_uuid(query)) is not None and len(query.replace("-", "")) == 32:
+        return redirect("job-page", job_id=job_id)
+    if status not in JobStatus.values:
+        status = ""
+
+    # As many rows as the WebSocket snapshot holds, so the live page starts from the same set.
+    jobs = selectors.job_list_filtered(request.user, status=status, job_type=job_type, id_prefix=query)
+    rows = JobSerializer(jobs[:SNAPSHOT_LIMIT], many=True).data
+
+    stats = selectors.job_stats(request.user)
+    stats_data = {
+        "by_status": stats["by_status"],
+        "by_type": stats["by_type"],
+        "finished_per_minute": [
+            {"minute": point["minute"].isoformat(), "count": point["count"]}
+            for point in stats["finished_per_minute"]
+        ],
+    }
+    type_names = sorted({known.name for known in registry.all_job_types()} | set(stats["by_type"]))
+    is_staff = bool(request.user.is_staff)
+    config = {
+        "isStaff": is_staff,
+        "scope": "all" if is_staff else "mine",
+        "statuses": [{"value": value, "label": label} for value, label in JobStatus.choices],
+        "jobs": rows,
+        "stats": stats_data,
+        "filters": {"status": status, "type": job_type, "q": query},
+        "urls": _api_urls(),
+    }
+    context = {
+        "rows": [{"job": row, "created": parse_datetime(row["created_at"])} for row in rows],
+        "is_staff": is_staff,
+        "counters": [
+            {"value": value, "label": label, "count": stats["by_status"].get(value, 0)}
+            for value, label in JobStatus.choices
+        ],
+        "total": sum(stats["by_status"].values()),
+        "finished_last_hour": sum(point["count"] for point in stats["finished_per_minute"]),
+        "statuses": JobStatus.choices,
+        "type_names": type_names,
+        "filters": config["filters"],
+        "config": config,
+        "limits": {
+            "priority_min": PRIORITY_MIN,
+            "priority_max": PRIORITY_MAX,
+            "default_priority": DEFAULT_PRIORITY,
+        },
+    }
+    return render(request, "tasks_app/dashboard.html", context)
+
+
+@login_required
+@ensure_csrf_cookie
+def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    """One job: every field, the live log, the outcome, and Cancel / Retry. Another user's job
+    is a 404, as in the API."""
+    try:
+        job = selectors.job_get_visible(request.user, job_id)
+    except Job.DoesNotExist:
+        raise Http404("No such job.") from None
+    data = JobSerializer(job).data
+    events = JobEventSerializer(selectors.job_events(job), many=True).data
+    fields = [
+        {"key": key, "label": label, "format": fmt, "value": data[key], "display": _display(data[key], fmt)}
+        for key, label, fmt in DETAIL_FIELDS
+    ]
+    config = {"job": data, "events": events, "urls": _api_urls()}
+    context = {
+        "job": data,
+        "job_id_short": str(job.pk)[:8],
+        "fields": fields,
+        "events": events,
+        "result_display": _display(data["result"], "json"),
+        "config": config,
+    }
+    return render(request, "tasks_app/job_detail.html", context)
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login view with our template; a signed-in user goes straight on."""
+
+    template_name = "registration/login.html"
+    redirect_authenticated_user = True
+
+
+class LogoutView(auth_views.LogoutView):
+    """POST only (Django 5); back to the login page afterwards."""
+
+    next_page = "login"

@@ -1,0 +1,176 @@
+"""`services.dispatch` and the outbox relay (`maintenance.jobs_dispatch_pending`): what reaches
+the broker, when, and what a dead broker leaves for the sweep."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from kombu.exceptions import OperationalError
+
+from tasks_app.models import Job, JobStatus
+from tasks_app.services import control, dispatch, maintenance
+
+from .helpers import job_in, new_job, row
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker")]
+
+
+# --- job_dispatch / jobs_dispatch_pending ---------------------------------------------------
+
+
+def test_dispatch_publishes_and_marks_the_job(user, apply_async):
+    job = new_job(user, priority=9)
+    assert dispatch.job_dispatch(job_id=job.pk) is True
+    apply_async.assert_called_once()
+    assert apply_async.call_args.kwargs["args"] == [str(job.pk)]
+    assert apply_async.call_args.kwargs["priority"] == 0  # ours: 9 first; kombu's: 0 first
+    assert apply_async.call_args.kwargs["retry"] is False
+    assert Job.objects.get(pk=job.pk).dispatched_at is not None
+
+
+def test_dispatch_priority_zero_maps_to_broker_priority_nine(user, apply_async):
+    job = new_job(user, priority=0)
+    dispatch.job_dispatch(job_id=job.pk)
+    assert apply_async.call_args.kwargs["priority"] == 9
+
+
+def test_dispatch_twice_publishes_again_but_keeps_the_first_mark(user, apply_async):
+    job = new_job(user)
+    assert dispatch.job_dispatch(job_id=job.pk)
+    first = Job.objects.get(pk=job.pk).dispatched_at
+    assert dispatch.job_dispatch(job_id=job.pk)
+    assert apply_async.call_count == 2
+    assert Job.objects.get(pk=job.pk).dispatched_at == first
+
+
+@pytest.mark.parametrize(
+    "status", [JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.CANCELLED, JobStatus.SCHEDULED]
+)
+def test_dispatch_of_a_job_not_queued_publishes_nothing(user, apply_async, status):
+    job = job_in(user, status)
+    before = row(job)
+    assert dispatch.job_dispatch(job_id=job.pk) is False
+    apply_async.assert_not_called()
+    assert row(job) == before
+
+
+def test_dispatch_of_a_missing_job_publishes_nothing(apply_async):
+    assert dispatch.job_dispatch(job_id=uuid.uuid4()) is False
+    apply_async.assert_not_called()
+
+
+def test_broker_down_leaves_the_job_undispatched_and_the_relay_publishes_it_later(user, apply_async, commit):
+    apply_async.side_effect = OperationalError("Error 111 connecting to redis: Connection refused.")
+    with commit():
+        job = new_job(user)  # the on-commit dispatch hits the dead broker
+    assert apply_async.call_count == 1
+    stored = Job.objects.get(pk=job.pk)
+    assert stored.status == JobStatus.QUEUED
+    assert stored.dispatched_at is None
+
+    # Broker still down: the relay tries once, gives up, nothing marked.
+    assert maintenance.jobs_dispatch_pending(older_than=0) == 0
+    assert Job.objects.get(pk=job.pk).dispatched_at is None
+
+    apply_async.side_effect = None
+    apply_async.reset_mock()
+    assert maintenance.jobs_dispatch_pending(older_than=0) == 1
+    apply_async.assert_called_once()
+    assert apply_async.call_args.kwargs["args"] == [str(job.pk)]
+    assert Job.objects.get(pk=job.pk).dispatched_at is not None
+
+    # Done: nothing left to relay.
+    apply_async.reset_mock()
+    assert maintenance.jobs_dispatch_pending(older_than=0) == 0
+    apply_async.assert_not_called()
+
+
+@pytest.mark.parametrize("exc", [ConnectionRefusedError("refused"), OSError("network down"), TimeoutError()])
+def test_dispatch_survives_other_broker_errors(user, apply_async, exc):
+    job = new_job(user)
+    apply_async.side_effect = exc
+    assert dispatch.job_dispatch(job_id=job.pk) is False
+    assert Job.objects.get(pk=job.pk).dispatched_at is None
+
+
+def test_relay_only_picks_queued_undispatched_jobs(user, apply_async):
+    pending = new_job(user)
+    dispatched = new_job(user)
+    dispatch.job_dispatch(job_id=dispatched.pk)
+    cancelled = job_in(user, JobStatus.CANCELLED)
+    running = job_in(user, JobStatus.RUNNING)
+    scheduled = job_in(user, JobStatus.SCHEDULED)
+    apply_async.reset_mock()
+
+    assert maintenance.jobs_dispatch_pending(older_than=0) == 1
+    assert [c.kwargs["args"] for c in apply_async.call_args_list] == [[str(pending.pk)]]
+    for other in (cancelled, running, scheduled):
+        assert Job.objects.get(pk=other.pk).dispatched_at is None
+
+
+def test_relay_leaves_young_jobs_to_their_own_on_commit_dispatch(user, apply_async, settings):
+    settings.LONGRUN = {**settings.LONGRUN, "DISPATCH_GRACE": 3600}
+    new_job(user)
+    assert maintenance.jobs_dispatch_pending() == 0
+    assert maintenance.jobs_dispatch_pending(older_than=3600) == 0
+    apply_async.assert_not_called()
+    assert maintenance.jobs_dispatch_pending(older_than=0) == 1
+
+
+def _aged(jobs, ages):
+    now = timezone.now()
+    for job, age in zip(jobs, ages):
+        Job.objects.filter(pk=job.pk).update(created_at=now - timedelta(seconds=age))
+
+
+def test_relay_takes_the_oldest_first_and_respects_the_limit(user, apply_async):
+    jobs = [new_job(user) for _ in range(3)]
+    _aged(jobs, (20, 10, 30))  # oldest: jobs[2], then jobs[0], then jobs[1]
+
+    assert maintenance.jobs_dispatch_pending(older_than=0, limit=2) == 2
+    assert {c.kwargs["args"][0] for c in apply_async.call_args_list} == {str(jobs[2].pk), str(jobs[0].pk)}
+    assert Job.objects.get(pk=jobs[1].pk).dispatched_at is None
+    assert maintenance.jobs_dispatch_pending(older_than=0, limit=2) == 1
+    assert Job.objects.get(pk=jobs[1].pk).dispatched_at is not None
+
+
+def test_relay_publishes_in_submission_order(user, apply_async):
+    """After an outage the backlog should reach the queue oldest first (FIFO within a priority),
+    not in the order of the ids. The ages are chosen so that id order is the reverse."""
+    jobs = sorted((new_job(user) for _ in range(6)), key=lambda j: str(j.pk), reverse=True)
+    _aged(jobs, (60, 50, 40, 30, 20, 10))  # the highest id is the oldest
+
+    assert maintenance.jobs_dispatch_pending(older_than=0) == 6
+    assert [c.kwargs["args"][0] for c in apply_async.call_args_list] == [str(j.pk) for j in jobs]
+
+
+def test_relay_stops_at_the_first_broker_failure(user, apply_async):
+    for _ in range(3):
+        new_job(user)
+    apply_async.side_effect = OperationalError("down")
+    assert maintenance.jobs_dispatch_pending(older_than=0) == 0
+    assert apply_async.call_count == 1  # no connect timeout paid per job
+    assert Job.objects.filter(dispatched_at__isnull=True).count() == 3
+
+
+def test_relay_goes_on_when_a_pending_job_is_cancelled_meanwhile(user, apply_async):
+    """A job cancelled between the relay's query and its turn is not a broker failure: the
+    jobs after it must still be dispatched in this pass."""
+    first, second, third = (new_job(user) for _ in range(3))
+    _aged((first, second, third), (30, 20, 10))
+
+    def cancel_second(*args, **kwargs):
+        if kwargs["args"] == [str(first.pk)]:
+            control.job_cancel(job_id=second.pk, actor=user)
+
+    apply_async.side_effect = cancel_second
+    maintenance.jobs_dispatch_pending(older_than=0)
+    cancelled = Job.objects.get(pk=second.pk)
+    assert cancelled.status == JobStatus.CANCELLED
+    assert cancelled.dispatched_at is None  # only queued jobs are marked
+    assert Job.objects.get(pk=first.pk).dispatched_at is not None
+    assert Job.objects.get(pk=third.pk).dispatched_at is not None, "the relay stopped at the cancelled job"
+    assert maintenance.jobs_dispatch_pending(older_than=0) == 0

@@ -1,0 +1,313 @@
+"""The pages for people (tasks_app/web/views.py): login, the dashboard, a job's page, and the static
+files they load."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import uuid
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.staticfiles import finders
+from django.test import Client
+
+from tasks_app.conf import SNAPSHOT_LIMIT
+from tasks_app.models import Job, JobStatus
+from tasks_app.serializers import JobSerializer
+from tasks_app.services import dispatch, submission
+from tests.helpers import session_client
+
+pytestmark = pytest.mark.django_db
+
+STATIC_DIR = Path(settings.BASE_DIR) / "tasks_app" / "static" / "tasks_app"
+
+
+def make_job(owner, *, job_type="sleep", params=None, **fields) -> Job:
+    """A job row as the services create it; `fields` then set its state directly (no worker)."""
+    job = submission.job_create(
+        owner=owner, type=job_type, params={"seconds": 1} if params is None else params
+    )
+    if fields:
+        Job.objects.filter(pk=job.pk).update(**fields)
+        job.refresh_from_db()
+    return job
+
+
+@pytest.fixture(autouse=True)
+def no_dispatch(monkeypatch):
+    """Page tests need job rows, not Celery: publishing to the broker is skipped."""
+    monkeypatch.setattr(dispatch, "job_dispatch", lambda job_id: None)
+
+
+@pytest.fixture
+def browser(user) -> Client:
+    return session_client(user)
+
+
+@pytest.fixture
+def staff_browser(staff_user) -> Client:
+    return session_client(staff_user)
+
+
+def page_config(response, element_id: str) -> dict:
+    match = re.search(
+        rf'<script id="{element_id}" type="application/json">(.*?)</script>', response.content.decode(), re.S
+    )
+    assert match, f"no #{element_id} in the page"
+    return json.loads(match.group(1))
+
+
+class Assets(HTMLParser):
+    """The stylesheets, icons and scripts a page loads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "link" and attrs.get("rel") in ("stylesheet", "icon"):
+            self.urls.append(attrs["href"])
+        elif tag == "script" and attrs.get("src"):
+            self.urls.append(attrs["src"])
+
+
+# --- login required ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", f"/jobs/{uuid.uuid4()}/"])
+def test_pages_require_login(client, path):
+    response = client.get(path)
+    assert response.status_code == 302
+    assert response["Location"] == f"/accounts/login/?next={path}"
+
+
+def test_login_page_renders_a_labelled_form(client):
+    response = client.get("/accounts/login/?next=/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'name="csrfmiddlewaretoken"' in html
+    assert '<label for="id_username">' in html and '<label for="id_password">' in html
+    assert 'name="next" value="/"' in html
+
+
+def test_logging_in_leads_to_the_dashboard(client, user):
+    response = client.post(
+        "/accounts/login/", {"username": "alice", "password": "alice-password-123", "next": "/"}
+    )
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert client.get("/").status_code == 200
+
+
+def test_a_wrong_password_shows_an_error(client, user):
+    response = client.post("/accounts/login/", {"username": "alice", "password": "nope"})
+    assert response.status_code == 200
+    assert 'data-testid="login-error"' in response.content.decode()
+
+
+def test_logout_is_a_post_and_returns_to_the_login_page(browser):
+    assert browser.get("/accounts/logout/").status_code == 405
+    response = browser.post("/accounts/logout/")
+    assert response.status_code == 302 and response["Location"] == "/accounts/login/"
+    assert browser.get("/").status_code == 302
+
+
+def test_a_signed_in_user_skips_the_login_page(browser):
+    response = browser.get("/accounts/login/")
+    assert response.status_code == 302 and response["Location"] == "/"
+
+
+# --- dashboard --------------------------------------------------------------------------------
+
+
+def test_dashboard_shows_my_jobs_newest_first_and_not_others(browser, user, other_user):
+    first = make_job(user)
+    second = make_job(user, job_type="primes", params={"n": 1000}, status=JobStatus.RUNNING, progress=40)
+    theirs = make_job(other_user)
+
+    response = browser.get("/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert html.index(f'data-job-id="{second.pk}"') < html.index(f'data-job-id="{first.pk}"')
+    assert f'data-job-id="{theirs.pk}"' not in html
+    assert 'data-status="running"' in html and 'value="40"' in html
+    assert "csrftoken" in response.cookies  # the form's fetch sends it as X-CSRFToken
+
+    config = page_config(response, "dashboard-config")
+    assert config["isStaff"] is False and config["scope"] == "mine"
+    assert [job["id"] for job in config["jobs"]] == [str(second.pk), str(first.pk)]
+    # Exactly the REST representation, which the live messages also carry.
+    assert config["jobs"][0] == json.loads(json.dumps(JobSerializer(second).data))
+    assert config["stats"]["by_status"]["running"] == 1 and config["stats"]["by_status"]["queued"] == 1
+    assert len(config["stats"]["finished_per_minute"]) == 60
+    assert config["urls"]["jobTypes"] == "/api/job-types/" and config["urls"]["stats"] == "/api/stats/"
+    assert config["urls"]["jobs"] == "/api/jobs/" and config["urls"]["websocket"] == "/ws/jobs/"
+    assert 'data-testid="count-running"' in html
+
+
+def test_dashboard_for_staff_shows_everyone_and_subscribes_to_all(staff_browser, user, other_user):
+    mine = make_job(user)
+    theirs = make_job(other_user)
+    response = staff_browser.get("/")
+    html = response.content.decode()
+    assert f'data-job-id="{mine.pk}"' in html and f'data-job-id="{theirs.pk}"' in html
+    assert '<th scope="col">Owner</th>' in html
+    config = page_config(response, "dashboard-config")
+    assert config["isStaff"] is True and config["scope"] == "all"
+
+
+def test_dashboard_filters_by_status_and_type(browser, user):
+    failed = make_job(user, job_type="fail", params={}, status=JobStatus.FAILED)
+    queued = make_job(user)
+    html = browser.get("/?status=failed").content.decode()
+    assert f'data-job-id="{failed.pk}"' in html and f'data-job-id="{queued.pk}"' not in html
+    assert '<option value="failed" selected>' in html
+    html = browser.get("/?type=sleep").content.decode()
+    assert f'data-job-id="{queued.pk}"' in html and f'data-job-id="{failed.pk}"' not in html
+    # An unknown status is no filter.
+    html = browser.get("/?status=nonsense").content.decode()
+    assert f'data-job-id="{failed.pk}"' in html and f'data-job-id="{queued.pk}"' in html
+
+
+def test_dashboard_search_by_id_prefix_filters_and_a_whole_id_opens_the_job(browser, user):
+    a, b = make_job(user), make_job(user)
+    # At least 6 characters, and long enough to tell a from b whatever ids they drew.
+    shared = next((i for i, (x, y) in enumerate(zip(str(a.pk), str(b.pk))) if x != y), len(str(a.pk)))
+    prefix = str(a.pk)[: max(6, shared + 1)]
+    html = browser.get(f"/?q={prefix}").content.decode()
+    assert f'data-job-id="{a.pk}"' in html and f'data-job-id="{b.pk}"' not in html
+    response = browser.get(f"/?q={a.pk}")
+    assert response.status_code == 302 and response["Location"] == f"/jobs/{a.pk}/"
+    response = browser.get(f"/?q={str(a.pk).upper().replace('-', '')}")
+    assert response["Location"] == f"/jobs/{a.pk}/"
+
+
+def test_dashboard_id_prefix_finds_a_job_older_than_the_newest_fifty(browser, user):
+    """The prefix is matched in the database, not among the rows already picked for the page."""
+    oldest = make_job(user)
+    for _ in range(SNAPSHOT_LIMIT + 5):
+        make_job(user)
+    prefix = str(oldest.pk)[:8]
+    others = [str(pk)[:8] for pk in Job.objects.exclude(pk=oldest.pk).values_list("pk", flat=True)]
+    assert prefix not in others, "ids drawn with the same 8-character start; rerun"
+    for query in (prefix, prefix.upper(), str(oldest.pk)[:13]):  # with a dash, as the id is shown
+        html = browser.get("/", {"q": query}).content.decode()
+        assert f'data-job-id="{oldest.pk}"' in html, query
+        assert html.count('data-testid="job-row"') == 1, query
+
+
+@pytest.mark.parametrize("query", ["zz", "1234-zz", "g"])
+def test_dashboard_id_prefix_that_cannot_be_an_id_shows_no_job(browser, user, query):
+    job = make_job(user)
+    html = browser.get("/", {"q": query}).content.decode()
+    assert f'data-job-id="{job.pk}"' not in html
+
+
+def test_dashboard_with_no_jobs_says_so(browser):
+    html = browser.get("/").content.decode()
+    assert "No jobs yet." in html
+
+
+# --- job page ---------------------------------------------------------------------------------
+
+
+def test_job_page_shows_every_field_and_the_log(browser, user):
+    job = make_job(
+        user,
+        status=JobStatus.FAILED,
+        error={"type": "DemoError", "message": "it broke <badly>"},
+        traceback="Traceback (most recent call last):\n  ...\nDemoError: it broke",
+        progress=30,
+        progress_message="step 3 of 10",
+    )
+    response = browser.get(f"/jobs/{job.pk}/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    for field in JobSerializer().fields:
+        if field != "error":  # shown as its type and message
+            assert f'data-field="{field}"' in html, field
+    assert 'data-testid="cancel-button"' in html and 'data-testid="retry-button"' in html
+    assert "it broke &lt;badly&gt;" in html and "it broke <badly>" not in html.split('id="job-config"')[0]
+    assert "Traceback (most recent call last)" in html
+    assert 'data-status="failed"' in html
+    assert "step 3 of 10" in html
+    config = page_config(response, "job-config")
+    assert config["job"] == json.loads(json.dumps(JobSerializer(job).data))
+    assert [e["kind"] for e in config["events"]] == ["created"]
+    assert f'data-seq="{config["events"][0]["seq"]}"' in html
+
+
+def test_job_page_of_another_users_job_is_404(browser, other_user):
+    theirs = make_job(other_user)
+    response = browser.get(f"/jobs/{theirs.pk}/")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")
+    assert "Not found" in response.content.decode()
+    assert browser.get(f"/jobs/{uuid.uuid4()}/").status_code == 404
+
+
+def test_staff_see_anyones_job_page(staff_browser, user):
+    job = make_job(user)
+    assert staff_browser.get(f"/jobs/{job.pk}/").status_code == 200
+
+
+def test_job_page_route_takes_only_uuids(browser):
+    assert browser.get("/jobs/not-a-uuid/").status_code == 404
+
+
+# --- static files -----------------------------------------------------------------------------
+
+
+def test_static_files_the_pages_reference_exist(browser, user):
+    job = make_job(user)
+    referenced: set[str] = set()
+    for path in ["/", f"/jobs/{job.pk}/", "/accounts/login/"]:
+        client = browser if path != "/accounts/login/" else Client()
+        parser = Assets()
+        parser.feed(client.get(path).content.decode())
+        referenced.update(parser.urls)
+    assert referenced, "no assets found"
+    for url in referenced:
+        assert url.startswith(
+            settings.STATIC_URL if settings.STATIC_URL.startswith("/") else "/" + settings.STATIC_URL
+        )
+        name = url.split("static/", 1)[1]
+        assert finders.find(name), f"{url} is referenced but no finder has it"
+    # ES modules import each other by relative path; every import must resolve too.
+    for url in referenced:
+        if url.endswith(".js"):
+            check_imports(finders.find(url.split("static/", 1)[1]))
+    assert (STATIC_DIR / "vendor" / "uPlot.LICENSE").exists()
+
+
+def check_imports(path: str, seen: set[str] | None = None) -> None:
+    seen = seen if seen is not None else set()
+    if path in seen:
+        return
+    seen.add(path)
+    source = Path(path).read_text()
+    for spec in re.findall(r'^\s*import\s[^;]*?from\s+"(\.[^"]+)"', source, re.M | re.S):
+        target = (Path(path).parent / spec).resolve()
+        assert target.exists(), f"{path} imports {spec}, which does not exist"
+        check_imports(str(target), seen)
+
+
+def test_live_js_has_no_page_specific_code():
+    source = (STATIC_DIR / "live.js").read_text()
+    assert "export class JobStream" in source
+    assert "document.querySelector" not in source and "getElementById" not in source
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_scripts_parse_as_es_modules(tmp_path):
+    """A syntax error in a module would only show up in a browser; node catches it here."""
+    for source in sorted(STATIC_DIR.glob("*.js")):
+        copy = tmp_path / (source.stem + ".mjs")
+        copy.write_text(source.read_text())
+        result = subprocess.run(["node", "--check", str(copy)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{source.name}: {result.stderr}"
