@@ -37,6 +37,8 @@ bench: $(VENV)/.dev-installed
 clean:
 	rm -rf $(VENV) var/*.sqlite3* var/redis var/celerybeat-schedule*
 
+# Style (ruff) and types (mypy with the Django and DRF plugins, over project/ and tasks_app/).
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check project tasks_app tests bench
 	$(BIN)/ruff format --check project tasks_app tests bench
+	$(BIN)/mypy
