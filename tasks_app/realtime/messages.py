@@ -17,30 +17,20 @@ representation (`serializers.JobSerializer`) as plain JSON values, so it can cro
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from django.core.serializers.json import DjangoJSONEncoder
-
 from ..models import Job, JobEvent
-from ..serializers import JobEventSerializer, serialize_job
-
-
-def plain(data: Any) -> Any:
-    """A JSON round trip: ReturnDicts, UUIDs and datetimes become plain (msgpack-able) values."""
-    return json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+from ..serializers import event_representation, job_representation
 
 
 def job_data(job: Job) -> dict[str, Any]:
-    """The REST representation of a job as plain JSON values."""
-    data: dict[str, Any] = plain(serialize_job(job))
-    return data
+    """The REST representation of a job (plain JSON values already)."""
+    return job_representation(job)
 
 
 def entry_data(entry: JobEvent) -> dict[str, Any]:
-    """A history entry as the API shows it, as plain JSON values."""
-    data: dict[str, Any] = plain(JobEventSerializer(entry).data)
-    return data
+    """A history entry as the API shows it (plain JSON values already)."""
+    return event_representation(entry)
 
 
 def job_changed(job: Job, event: str, entry: JobEvent | None = None) -> dict[str, Any]:
