@@ -34,7 +34,13 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     (
         "notifier, dispatch and their primitives",
-        ["services.common", "services.dispatch", "services.webhooks", "services.notify"],
+        [
+            "services.common",
+            "services.dispatch",
+            "services.webhooks",
+            "services.notify",
+            "services.transitions",
+        ],
     ),
     ("services", ["services.submission", "services.execution", "services.control", "services.maintenance"]),
     (
@@ -195,7 +201,8 @@ def test_the_scan_sees_imports_inside_functions_and_type_checking_blocks(tmp_pat
 
 def test_the_scan_finds_the_real_seams(graph):
     """A scan that found nothing would pass everything above: these edges must be seen."""
-    assert {"services.notify", "services.common", "models"} <= graph["services.execution"]
+    assert {"services.transitions", "services.common", "models"} <= graph["services.execution"]
+    assert {"services.notify", "services.common"} <= graph["services.transitions"]
     assert {"realtime.messages", "realtime.publish", "services.webhooks"} <= graph["services.notify"]
     assert {"worker.runner", "worker.webhook_sender", "services.maintenance"} <= graph["tasks"]
     assert "tasks" not in set().union(*(targets for name, targets in graph.items() if name != "tasks"))

@@ -43,33 +43,45 @@ run_job = TaskByName(RUN_JOB_TASK)
 deliver_webhook = TaskByName(DELIVER_WEBHOOK_TASK)
 
 
+# What a job's Celery message needs: its id, priority and timeout.
+Dispatch = tuple[JobId, int, int | None]
+
+
 def dispatch_on_commit(job: Job) -> None:
     """Publish a queued job's message once the transaction that queued it has committed."""
-    transaction.on_commit(partial(job_dispatch, job_id=job.pk))
+    transaction.on_commit(partial(job_dispatch, job_id=job.pk, priority=job.priority, timeout=job.timeout))
 
 
-def jobs_dispatch_on_commit(job_ids: Sequence[JobId]) -> None:
-    transaction.on_commit(partial(jobs_dispatch, job_ids=job_ids))
+def jobs_dispatch_on_commit(jobs: Sequence[Job]) -> None:
+    rows = [(job.pk, job.priority, job.timeout) for job in jobs]
+    transaction.on_commit(partial(_publish, rows))
 
 
-def job_dispatch(*, job_id: JobId) -> bool:
-    """Publish the Celery message for one queued job; see `jobs_dispatch`."""
-    return jobs_dispatch(job_ids=[job_id]) == 1
+def job_dispatch(*, job_id: JobId, priority: int | None = None, timeout: int | None = None) -> bool:
+    """Publish the Celery message for one queued job; see `jobs_dispatch`. With its priority
+    given (a job just queued), the row is not read again."""
+    if priority is None:
+        return jobs_dispatch(job_ids=[job_id]) == 1
+    return _publish([(job_id, priority, timeout)]) == 1
 
 
 def jobs_dispatch(*, job_ids: Sequence[JobId]) -> int:
-    """Publish the Celery messages for queued jobs over one broker connection and mark them
-    dispatched. Returns how many were published.
-
-    Called after commit and by the sweep. A broker outage leaves `dispatched_at` empty, so the
-    sweep tries again; a crash after publishing but before marking publishes twice, which the
-    conditional claim turns into a no-op.
-    """
+    """Publish the Celery messages for the given jobs that are still queued, over one broker
+    connection, in the order given (oldest first), and mark them dispatched. Returns how many
+    were published. The sweep's way (`maintenance.jobs_dispatch_pending`)."""
     position = {str(job_id): index for index, job_id in enumerate(job_ids)}
-    jobs = sorted(
+    rows = sorted(
         Job.objects.filter(pk__in=job_ids, status=JobStatus.QUEUED).values_list("pk", "priority", "timeout"),
-        key=lambda row: position[str(row[0])],  # publish in the order given (oldest first)
+        key=lambda row: position[str(row[0])],
     )
+    return _publish(rows)
+
+
+def _publish(jobs: Sequence[Dispatch]) -> int:
+    """Publish, then mark dispatched. Called after commit and by the sweep. A broker outage
+    leaves `dispatched_at` empty, so the sweep tries again; a crash after publishing but before
+    marking publishes twice, which the conditional claim turns into a no-op (so does a message
+    for a job cancelled in between)."""
     published: list[Any] = []
     try:
         with current_app.producer_or_acquire() as producer:

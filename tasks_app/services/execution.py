@@ -8,132 +8,121 @@ import random
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from ..conf import MAX_PROGRESS_MESSAGE, app_settings
 from ..models import Job, JobEventKind, JobId, JobStatus
-from . import notify
-from .common import record_event, storable_text, update_if
+from .common import Note, Where, literal, storable_text
+from .transitions import change_job
 
 
-def _running_on(worker: str) -> Q:
-    return Q(status=JobStatus.RUNNING, worker=worker)
+def _running_on(worker: str, **more: Any) -> Where:
+    return {"status": JobStatus.RUNNING, "worker": worker, **more}
+
+
+def _progress_text(message: str) -> str:
+    return storable_text(message)[:MAX_PROGRESS_MESSAGE]
 
 
 def job_claim(*, job_id: JobId, worker: str, celery_task_id: str = "") -> Job | None:
     """queued -> running for this worker. None if the job is not queued any more (a duplicate
     delivery, a cancelled job, or another worker got there first)."""
     now = timezone.now()
-    with transaction.atomic():
-        job = update_if(
-            job_id,
-            Q(status=JobStatus.QUEUED),
-            status=JobStatus.RUNNING,
-            attempts=F("attempts") + 1,
-            started_at=now,
-            finished_at=None,
-            worker=worker,
-            celery_task_id=celery_task_id,
-            progress=0,
-            progress_message="",
-            lease_expires_at=now + timedelta(seconds=app_settings.LEASE_SECONDS),
-        )
-        if job is None:
-            return None
-        note = f"Running on {worker} (attempt {job.attempts} of {job.max_attempts})."
-        notify.job_changed_on_commit(job, "status", record_event(job, JobEventKind.STATUS, note))
-    return job
+    note = Note(
+        JobEventKind.STATUS, f"Running on {literal(worker)} (attempt {{attempts}} of {{max_attempts}})."
+    )
+    return change_job(
+        job_id,
+        {"status": JobStatus.QUEUED},
+        event="status",
+        note=note,
+        status=JobStatus.RUNNING,
+        attempts=F("attempts") + 1,
+        started_at=now,
+        finished_at=None,
+        worker=worker,
+        celery_task_id=celery_task_id,
+        progress=0,
+        progress_message="",
+        lease_expires_at=now + timedelta(seconds=app_settings.LEASE_SECONDS),
+    )
 
 
 def job_progress(*, job_id: JobId, worker: str, percent: int, message: str = "") -> bool:
     """Store the latest progress of a running job. Not a history event; it is published."""
     percent = max(0, min(100, int(percent)))
-    with transaction.atomic():
-        job = update_if(
-            job_id,
-            _running_on(worker),
-            progress=percent,
-            progress_message=storable_text(message)[:MAX_PROGRESS_MESSAGE],
-        )
-        if job is None:
-            return False
-        notify.job_changed_on_commit(job, "progress")
-    return True
+    changed = change_job(
+        job_id,
+        _running_on(worker),
+        event="progress",
+        progress=percent,
+        progress_message=_progress_text(message),
+    )
+    return changed is not None
 
 
 def job_log(*, job_id: JobId, worker: str, message: str) -> bool:
     """Append a log line written by the job's code."""
-    with transaction.atomic():
-        job = update_if(job_id, _running_on(worker))
-        if job is None:
-            return False
-        notify.job_changed_on_commit(job, "log", record_event(job, JobEventKind.LOG, storable_text(message)))
-    return True
+    note = Note(JobEventKind.LOG, literal(storable_text(message)))
+    return change_job(job_id, _running_on(worker), event="log", note=note) is not None
 
 
 def _finish_cancelled(job_id: JobId, worker: str) -> Job | None:
     """running (with a cancel requested) -> cancelled: the cancel won, whatever the code did."""
-    job = update_if(
+    return change_job(
         job_id,
-        _running_on(worker) & Q(cancel_requested_at__isnull=False),
+        _running_on(worker, cancel_requested_at__isnull=False),
+        event="status",
+        note=Note(JobEventKind.STATUS, "Cancelled while running."),
         status=JobStatus.CANCELLED,
         finished_at=timezone.now(),
         lease_expires_at=None,
     )
-    if job is not None:
-        notify.job_changed_on_commit(
-            job, "status", record_event(job, JobEventKind.STATUS, "Cancelled while running.")
-        )
-    return job
 
 
-def job_succeed(*, job_id: JobId, worker: str, result: Any) -> Job | None:
-    """running -> succeeded, unless a cancel was requested first (then -> cancelled)."""
-    with transaction.atomic():
-        job = update_if(
-            job_id,
-            _running_on(worker) & Q(cancel_requested_at__isnull=True),
-            status=JobStatus.SUCCEEDED,
-            result=result,
-            progress=100,
-            finished_at=timezone.now(),
-            lease_expires_at=None,
-        )
-        if job is None:
-            return _finish_cancelled(job_id, worker)
-        notify.job_changed_on_commit(job, "status", record_event(job, JobEventKind.STATUS, "Succeeded."))
-    return job
+def job_succeed(
+    *, job_id: JobId, worker: str, result: Any, progress_message: str | None = None
+) -> Job | None:
+    """running -> succeeded (progress 100, and `progress_message` if the code reported one that
+    was not written yet), unless a cancel was requested first (then -> cancelled)."""
+    last_report = {} if progress_message is None else {"progress_message": _progress_text(progress_message)}
+    job = change_job(
+        job_id,
+        _running_on(worker, cancel_requested_at__isnull=True),
+        event="status",
+        note=Note(JobEventKind.STATUS, "Succeeded."),
+        status=JobStatus.SUCCEEDED,
+        result=result,
+        progress=100,
+        finished_at=timezone.now(),
+        lease_expires_at=None,
+        **last_report,
+    )
+    return job if job is not None else _finish_cancelled(job_id, worker)
 
 
 def job_fail(*, job_id: JobId, worker: str, error: dict[str, str], traceback: str = "") -> Job | None:
     """running -> failed with the error, unless a cancel was requested first (-> cancelled)."""
     error = {key: storable_text(str(value)) for key, value in error.items()}
-    traceback = storable_text(traceback)
-    with transaction.atomic():
-        job = update_if(
-            job_id,
-            _running_on(worker) & Q(cancel_requested_at__isnull=True),
-            status=JobStatus.FAILED,
-            error=error,
-            traceback=traceback,
-            finished_at=timezone.now(),
-            lease_expires_at=None,
-        )
-        if job is None:
-            return _finish_cancelled(job_id, worker)
-        note = f"Failed: {error.get('type')}: {error.get('message')}"
-        notify.job_changed_on_commit(
-            job, "status", record_event(job, JobEventKind.STATUS, note, data={"error": error})
-        )
-    return job
+    message = literal(f"Failed: {error.get('type')}: {error.get('message')}")
+    job = change_job(
+        job_id,
+        _running_on(worker, cancel_requested_at__isnull=True),
+        event="status",
+        note=Note(JobEventKind.STATUS, message, data={"error": error}),
+        status=JobStatus.FAILED,
+        error=error,
+        traceback=storable_text(traceback),
+        finished_at=timezone.now(),
+        lease_expires_at=None,
+    )
+    return job if job is not None else _finish_cancelled(job_id, worker)
 
 
 def job_acknowledge_cancel(*, job_id: JobId, worker: str) -> Job | None:
     """The job's code stopped because it saw the cancel request: running -> cancelled."""
-    with transaction.atomic():
-        return _finish_cancelled(job_id, worker)
+    return _finish_cancelled(job_id, worker)
 
 
 def job_heartbeat(*, job_id: JobId, worker: str) -> tuple[bool, bool]:
@@ -166,25 +155,23 @@ def job_fail_or_retry(
         return job_fail(job_id=job_id, worker=worker, error=error, traceback=traceback)
     delay = retry_delay(job.attempts)
     error = {key: storable_text(str(value)) for key, value in error.items()}
-    with transaction.atomic():
-        updated = update_if(
-            job_id,
-            _running_on(worker) & Q(cancel_requested_at__isnull=True),
-            status=JobStatus.SCHEDULED,
-            run_at=timezone.now() + timedelta(seconds=delay),
-            error=error,
-            traceback=storable_text(traceback),
-            worker="",
-            lease_expires_at=None,
-            dispatched_at=None,
-        )
-        if updated is None:
-            return _finish_cancelled(job_id, worker)
-        note = (
-            f"Attempt {updated.attempts} of {updated.max_attempts} failed ({error.get('type')}: "
-            f"{error.get('message')}); retrying in {delay:.1f} s."
-        )
-        notify.job_changed_on_commit(
-            updated, "status", record_event(updated, JobEventKind.STATUS, note, data={"error": error})
-        )
-    return updated
+    cause = literal(f"{error.get('type')}: {error.get('message')}")
+    note = Note(
+        JobEventKind.STATUS,
+        f"Attempt {{attempts}} of {{max_attempts}} failed ({cause}); retrying in {delay:.1f} s.",
+        data={"error": error},
+    )
+    updated = change_job(
+        job_id,
+        _running_on(worker, cancel_requested_at__isnull=True),
+        event="status",
+        note=note,
+        status=JobStatus.SCHEDULED,
+        run_at=timezone.now() + timedelta(seconds=delay),
+        error=error,
+        traceback=storable_text(traceback),
+        worker="",
+        lease_expires_at=None,
+        dispatched_at=None,
+    )
+    return updated if updated is not None else _finish_cancelled(job_id, worker)

@@ -8,7 +8,9 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
 from .. import registry, webhooks
@@ -192,15 +194,48 @@ def job_create(*, owner: User, **submission: Any) -> Job:
     """Validate and persist a new job (see `job_validate` for the fields). A queued job is
     dispatched to the workers after commit; a scheduled one by the sweep when its time comes."""
     spec = job_validate(**submission)
+    job = _new_job(spec, owner)
+    entry = _created_event(job, owner)
+    connection = connections[Job.objects.db]
+    if connection.vendor == "postgresql":
+        # One statement writes both rows (atomic by itself): no BEGIN/COMMIT round trips unless
+        # the caller holds a transaction (then it joins it, and on-commit waits for its commit).
+        _insert_job_and_event(connection, job, entry)
+        _after_create(job, entry)
+        return job
     with transaction.atomic():
-        job = _new_job(spec, owner)
         job.save(force_insert=True)
-        entry = _created_event(job, owner)
         entry.save(force_insert=True)
-        notify.job_changed_on_commit(job, "created", entry)
-        if job.status == JobStatus.QUEUED:
-            dispatch.dispatch_on_commit(job)
+        _after_create(job, entry)
     return job
+
+
+def _after_create(job: Job, entry: JobEvent) -> None:
+    notify.job_changed_on_commit(job, "created", entry)
+    if job.status == JobStatus.QUEUED:
+        dispatch.dispatch_on_commit(job)
+
+
+def _insert_job_and_event(connection: BaseDatabaseWrapper, job: Job, entry: JobEvent) -> None:
+    """`WITH new_job AS (INSERT INTO job ...) INSERT INTO jobevent ...`: the event's foreign key
+    is checked at commit (Django's PostgreSQL constraints are deferred), when the job exists."""
+    statements = []
+    for instance in (job, entry):
+        model = type(instance)
+        query = InsertQuery(model)
+        query.insert_values(
+            [f for f in model._meta.concrete_fields if not f.primary_key or f.has_default()], [instance]
+        )
+        ((sql, params),) = query.get_compiler(connection=connection).as_sql()
+        statements.append((sql, params))
+    (job_sql, job_params), (event_sql, event_params) = statements
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH new_job AS ({job_sql} RETURNING 1) {event_sql} RETURNING id", [*job_params, *event_params]
+        )
+        (entry.pk,) = cursor.fetchone()
+    job._state.adding = entry._state.adding = False
+    job._state.db = entry._state.db = connection.alias
 
 
 def job_create_idempotent(*, owner: User, key: str, fingerprint: str, **submission: Any) -> tuple[Job, bool]:
@@ -251,7 +286,7 @@ def jobs_create_bulk(*, owner: User, submissions: list[dict[str, Any]]) -> list[
         for job in jobs:
             job.owner = owner
         notify.jobs_created_on_commit(owner.pk, jobs)
-        queued = [job.pk for job in jobs if job.status == JobStatus.QUEUED]
+        queued = [job for job in jobs if job.status == JobStatus.QUEUED]
         if queued:
             dispatch.jobs_dispatch_on_commit(queued)
     return jobs

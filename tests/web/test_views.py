@@ -41,7 +41,7 @@ def make_job(owner, *, job_type="sleep", params=None, **fields) -> Job:
 @pytest.fixture(autouse=True)
 def no_dispatch(monkeypatch):
     """Page tests need job rows, not Celery: publishing to the broker is skipped."""
-    monkeypatch.setattr(dispatch, "job_dispatch", lambda job_id: None)
+    monkeypatch.setattr(dispatch, "job_dispatch", lambda **job: None)
 
 
 @pytest.fixture
