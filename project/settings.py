@@ -144,6 +144,15 @@ else:
     DATABASES["default"].setdefault("OPTIONS", {})
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
+    # A connection pool per process (psycopg_pool, Django 5.1+): under ASGI each request may run on
+    # another thread, so persistent connections are off (CONN_MAX_AGE=0), and without a pool every
+    # request and every live-update read would open a new PostgreSQL connection (milliseconds).
+    if env_int("DB_POOL_MAX_SIZE", 10) > 0:
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": env_int("DB_POOL_MIN_SIZE", 1),
+            "max_size": env_int("DB_POOL_MAX_SIZE", 10),
+            "timeout": env_float("DB_POOL_TIMEOUT", 10.0),
+        }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -221,6 +230,11 @@ CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env_float("CELERY_WORKER_SOFT_SHUTDOWN_TIM
 # nothing that the soft shutdown would need to protect).
 CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fix-up closes the database connection before and after every task unless told
+# to reuse it: with it, a worker process keeps its connection for this many tasks instead of
+# paying a new PostgreSQL connection (milliseconds) per job. A connection broken by a database
+# restart is dropped and reopened by the worker's retry (tasks_app/worker/retry.py).
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", os.cpu_count() or 2)
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_TASK_DEFAULT_QUEUE = "longrun.jobs"  # tasks_app.conf.JOB_QUEUE

@@ -33,6 +33,9 @@ def pytest_load_initial_conftests(early_config, parser, args):
     # Rate limits are tested on their own (tests/test_http.py); elsewhere they'd only get in the way.
     os.environ.setdefault("LONGRUN_THROTTLE_USER", "1000000/minute")
     os.environ.setdefault("LONGRUN_THROTTLE_ANON", "1000000/minute")
+    # Some tests send 50 requests at once from threads of the test process, each holding its
+    # connection until its request ends.
+    os.environ.setdefault("DB_POOL_MAX_SIZE", "60")
     if not os.environ.get("REDIS_URL"):
         port = free_port()
         data_dir = Path(tempfile.mkdtemp(prefix="longrun-test-redis-"))

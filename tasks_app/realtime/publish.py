@@ -8,14 +8,16 @@ per process (redis-py's pool reconnects after a fork). `tests/realtime/test_publ
 that a real channel-layer subscriber receives what this sends, and `bench/bench_publish.py`
 measures both.
 
-Delivery is at-most-once, like the layer itself: if Redis is unreachable the message is dropped
-(and the next attempts are skipped for a moment, so a dead Redis costs the request path nothing).
-Clients detect the gap from the job `version` and resync over REST.
+Commands are written without waiting for their replies (read at the next send), so publishing
+costs no round trip. Delivery is at-most-once, like the layer itself: if Redis is unreachable the
+message is dropped (and the next attempts are skipped for a moment, so a dead Redis costs the
+request path nothing). Clients detect the gap from the job `version` and resync over REST.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -39,8 +41,16 @@ def owner_group(user_id: Any) -> str:
     return f"jobs.owner.{user_id}"
 
 
+# PUBLISH one message on several channels with one command.
+_PUBLISH_EACH = "for _, channel in ipairs(KEYS) do redis.call('PUBLISH', channel, ARGV[1]) end"
+
+
 class GroupPublisher:
-    """Sends channel-layer group messages from sync code with one Redis pool per process."""
+    """Sends channel-layer group messages from sync code over one Redis connection per process.
+
+    Commands are written without waiting for their replies: the replies of one send are read at
+    the next (by then they have arrived), so a worker or request never waits a round trip on
+    Redis to publish. An error reply is logged and skipped; a broken connection is replaced."""
 
     # After a failure, skip publishing for this long instead of paying a connect timeout per event.
     BACKOFF_SECONDS = 2.0
@@ -50,6 +60,9 @@ class GroupPublisher:
         self._client: redis.Redis | None = None
         self._lock = threading.Lock()
         self._down_until = 0.0
+        self._connection: Any = None
+        self._pid = 0
+        self._unread = 0
 
     def _config(self) -> dict[str, Any]:
         layers: dict[str, Any] = settings.CHANNEL_LAYERS
@@ -58,44 +71,79 @@ class GroupPublisher:
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    hosts = self._config().get("hosts") or ["redis://127.0.0.1:6379/0"]
-                    if len(hosts) != 1:
-                        raise NotImplementedError("GroupPublisher supports a single Redis host")
-                    host = hosts[0]
-                    url = host if isinstance(host, str) else host["address"]
-                    self._client = redis.Redis.from_url(
-                        url, socket_connect_timeout=0.5, socket_timeout=2, health_check_interval=30
-                    )
+            hosts = self._config().get("hosts") or ["redis://127.0.0.1:6379/0"]
+            if len(hosts) != 1:
+                raise NotImplementedError("GroupPublisher supports a single Redis host")
+            host = hosts[0]
+            url = host if isinstance(host, str) else host["address"]
+            self._client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2)
         return self._client
+
+    def _writer(self) -> Any:
+        """This process's connection (a forked child opens its own, never its parent's)."""
+        if self._connection is None or self._pid != os.getpid():
+            self._connection = self._redis().connection_pool.get_connection()
+            self._pid = os.getpid()
+            self._unread = 0
+        return self._connection
 
     def channel_name(self, group: str) -> str:
         # Mirrors RedisPubSubLoopLayer._get_group_channel_name (covered by the publish tests).
         return f"{self._config().get('prefix', 'asgi')}__group__{group}"
 
     def send(self, groups: list[str], message: dict[str, Any]) -> bool:
-        """Publish `message` to every group in one round trip. Returns False if it was dropped."""
+        """Publish `message` to every group (one command: a script that publishes it on each
+        group's channel). Returns False if it was dropped."""
         return self.send_many([(groups, message)])
 
     def send_many(self, batch: list[tuple[list[str], dict[str, Any]]]) -> bool:
-        """Publish several messages, in order, in one round trip."""
+        """Publish several messages, in order, in one write."""
         if time.monotonic() < self._down_until:
             return False
         layer = get_channel_layer(self.alias)
-        try:
-            pipe = self._redis().pipeline(transaction=False)
-            for groups, message in batch:
-                data = layer.serialize(message)
-                for group in groups:
-                    pipe.publish(self.channel_name(group), data)
-            pipe.execute()
-        except redis.RedisError as exc:
-            self._down_until = time.monotonic() + self.BACKOFF_SECONDS
-            logger.warning("live update dropped, Redis unreachable: %s", exc)
-            return False
+        commands = []
+        for groups, message in batch:
+            channels = [self.channel_name(group) for group in groups]
+            commands.append(("EVAL", _PUBLISH_EACH, len(channels), *channels, layer.serialize(message)))
+        with self._lock:
+            try:
+                connection = self._writer()
+                self._read_replies(connection)
+                connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+                self._unread += len(commands)
+            except (redis.RedisError, OSError) as exc:
+                self._discard_connection()
+                return self._dropped(exc)
         self._down_until = 0.0
         return True
+
+    def flush(self) -> None:
+        """Read the replies still outstanding (tests, and a process about to exit)."""
+        with self._lock:
+            if self._connection is not None and self._pid == os.getpid():
+                try:
+                    self._read_replies(self._connection)
+                except (redis.RedisError, OSError):
+                    self._discard_connection()
+
+    def _read_replies(self, connection: Any) -> None:
+        while self._unread:
+            self._unread -= 1
+            try:
+                connection.read_response()
+            except redis.ResponseError as exc:  # the server refused one command: the rest stand
+                logger.warning("live update refused by Redis: %s", exc)
+
+    def _discard_connection(self) -> None:
+        if self._connection is not None and self._pid == os.getpid():
+            self._connection.disconnect()
+        self._connection = None
+        self._unread = 0
+
+    def _dropped(self, exc: Exception) -> bool:
+        self._down_until = time.monotonic() + self.BACKOFF_SECONDS
+        logger.warning("live update dropped, Redis unreachable: %s", exc)
+        return False
 
 
 publisher = GroupPublisher()

@@ -46,17 +46,28 @@ class JobContext:
         #: Set when the job is no longer this worker's to run (the sweep took it back).
         self.lease_lost = False
         self._progress_interval: float = app_settings.PROGRESS_INTERVAL
-        self._last_progress_write = 0.0
+        # The claim has just written the job and read its cancel request: the first progress write
+        # and the first cancel check are due an interval from now. A short job then costs no
+        # progress write at all (its last report lands with its outcome) and no extra read.
+        started = time.monotonic()
+        self._last_progress_write = started
         self._pending_progress: tuple[int, str] | None = None
-        self._progress_lock = threading.Lock()
-        self._last_cancel_check = 0.0
+        self._pending_lock = threading.Lock()  # the job's thread and the heartbeat both touch it
+        self._progress_lock = threading.Lock()  # one progress write at a time, in order
+        self._last_cancel_check = started
         self._cancel_requested = job.cancel_requested_at is not None
+        # Set by the heartbeat, so a held-back report wakes it to write the report when due.
+        self.wakeup: threading.Event | None = None
 
     def progress(self, percent: float, message: str = "") -> None:
-        """Report progress (0-100). Writes are throttled; the latest value always lands."""
-        self._pending_progress = (max(0, min(100, int(percent))), message)
+        """Report progress (0-100). Writes are throttled to one per LONGRUN_PROGRESS_INTERVAL; the
+        latest value always lands (at the next write, the heartbeat, a log line, or the outcome)."""
+        with self._pending_lock:
+            self._pending_progress = (max(0, min(100, int(percent))), message)
         if time.monotonic() - self._last_progress_write >= self._progress_interval:
             self.flush_progress()
+        elif self.wakeup is not None:
+            self.wakeup.set()  # the heartbeat writes it when due, even if the code blocks now
 
     def log(self, message: str) -> None:
         """Append a line to the job's history (its events)."""
@@ -89,15 +100,44 @@ class JobContext:
         """Write the pending progress, if any. Also called by the heartbeat thread, so a job that
         reports 50% and then blocks still shows 50%; the lock keeps the two writers in order."""
         with self._progress_lock:
-            if self._pending_progress is None:
+            pending = self._take_pending()
+            if pending is not None:
+                self._write_progress(*pending)
+
+    def flush_progress_if_due(self) -> None:
+        """Write the pending progress if an interval has passed since the last write (the
+        heartbeat's way: the job's own thread may have written meanwhile)."""
+        with self._progress_lock:
+            if self.clock() < self._last_progress_write + self._progress_interval:
                 return
-            percent, message = self._pending_progress
-            self._pending_progress = None
-            self._write_progress(percent, message)
+            pending = self._take_pending()
+            if pending is not None:
+                self._write_progress(*pending)
+
+    def clock(self) -> float:
+        """The monotonic clock progress is throttled by (the heartbeat schedules on it too)."""
+        return time.monotonic()
+
+    def progress_due_at(self) -> float | None:
+        """When the held-back report may be written (on `clock()`), or None."""
+        if self._pending_progress is None:
+            return None
+        return self._last_progress_write + self._progress_interval
 
     def discard_pending_progress(self) -> None:
         """The job failed: a progress value it reported last is not worth writing."""
-        self._pending_progress = None
+        self._take_pending()
+
+    def take_pending_progress(self) -> tuple[int, str] | None:
+        """The progress reported but not yet written, now the job's outcome will carry it (after
+        any write in flight, so the outcome is the last word)."""
+        with self._progress_lock:
+            return self._take_pending()
+
+    def _take_pending(self) -> tuple[int, str] | None:
+        with self._pending_lock:
+            pending, self._pending_progress = self._pending_progress, None
+        return pending
 
     def note_cancel_requested(self) -> None:
         self._cancel_requested = True
@@ -112,5 +152,6 @@ class JobContext:
         except (OperationalError, InterfaceError):
             # Progress is not worth failing a job over: keep it for the next write.
             connection.close()
-            if self._pending_progress is None:
-                self._pending_progress = (percent, message)
+            with self._pending_lock:
+                if self._pending_progress is None:
+                    self._pending_progress = (percent, message)

@@ -20,7 +20,7 @@ from ..models import JobId
 from ..services import execution
 from ..services.common import has_nul
 from .context import JobContext
-from .heartbeat import Heartbeat
+from .heartbeat import heartbeat
 from .retry import with_db_retry
 
 logger = logging.getLogger(__name__)
@@ -48,13 +48,13 @@ def execute_job(job_id: JobId, *, worker: str | None = None, celery_task_id: str
         return "skipped"
 
     context = JobContext(job, worker=worker)
-    heartbeat = Heartbeat(context)
-    heartbeat.start()
+    beat = heartbeat()
+    beat.watch(context)
     job_type = None
     try:
         job_type = registry.get_job_type(job.type)
         result = job_type.func(context, **job.params)
-        context.flush_progress()
+        last_report = context.take_pending_progress()
         # A result must be strict JSON (PostgreSQL refuses NaN); a TypeError or ValueError here
         # fails the job with a clear error.
         if has_nul(result):
@@ -84,7 +84,12 @@ def execute_job(job_id: JobId, *, worker: str | None = None, celery_task_id: str
             )
         )
     else:
-        outcome = with_db_retry(lambda: execution.job_succeed(job_id=job.pk, worker=worker, result=result))
+        message = last_report[1] if last_report is not None else None
+        outcome = with_db_retry(
+            lambda: execution.job_succeed(
+                job_id=job.pk, worker=worker, result=result, progress_message=message
+            )
+        )
     finally:
-        heartbeat.stop()
+        beat.unwatch(context)
     return outcome.status if outcome is not None else "lost"
