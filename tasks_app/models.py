@@ -47,7 +47,11 @@ class Job(models.Model):
     max_attempts = models.PositiveIntegerField(default=3)
     # PRIORITY_MIN-PRIORITY_MAX (0-9), higher runs first when workers are busy.
     priority = models.PositiveSmallIntegerField(default=5)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    # No index of its own: job_owner_created_idx (owner, -created_at) serves every lookup by owner,
+    # and each index is one more write per state change.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs", db_index=False
+    )
     metadata = models.JSONField(default=dict, blank=True)
     run_at = models.DateTimeField(null=True, blank=True)
     timeout = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds.")
@@ -82,6 +86,10 @@ class Job(models.Model):
             models.Index(fields=["run_at"], name="job_scheduled_idx", condition=Q(status="scheduled")),
             models.Index(
                 fields=["lease_expires_at"], name="job_running_lease_idx", condition=Q(status="running")
+            ),
+            # Jobs finished in the last hour (the stats' chart), without reading the rest.
+            models.Index(
+                fields=["finished_at"], name="job_finished_idx", condition=Q(finished_at__isnull=False)
             ),
         ]
         constraints = [
@@ -225,3 +233,40 @@ class WebhookAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt of {self.delivery_id} at {self.started_at:%Y-%m-%d %H:%M:%S} ({self.status_code})"
+
+
+class JobCount(models.Model):
+    """How many jobs each owner has of each type in each status: what `GET /api/stats/` and the
+    dashboard's counters read, so they cost the same with a thousand jobs or a million.
+
+    Kept by database triggers (migration 0006): every INSERT, status change and DELETE of a job
+    appends a `JobCountChange`, and the sweep folds those into these rows. Reads add the changes
+    not folded yet, so counts are exact at any moment. The triggers append rather than update
+    a shared counter, so concurrent workers never wait on each other's counter rows.
+    """
+
+    # Not foreign keys: a user's deletion deletes their jobs, whose -1 changes refer to them.
+    owner_id = models.BigIntegerField()
+    type = models.CharField(max_length=100)
+    status = models.CharField(max_length=16, choices=JobStatus.choices)
+    n = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner_id", "type", "status"], name="jobcount_owner_type_status")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.owner_id} {self.type} {self.status}: {self.n}"
+
+
+class JobCountChange(models.Model):
+    """+n or -n jobs of (owner, type, status), written by the triggers; folded into `JobCount`."""
+
+    owner_id = models.BigIntegerField()
+    type = models.CharField(max_length=100)
+    status = models.CharField(max_length=16)
+    delta = models.IntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.owner_id} {self.type} {self.status} {self.delta:+d}"

@@ -7,14 +7,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
-from django.db.models import Q
+from django.db import connection, transaction
+from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
 from ..conf import app_settings
-from ..models import TERMINAL_STATUSES, IdempotencyKey, Job, JobEventKind, JobStatus
-from . import dispatch, notify, webhooks
-from .common import record_event, update_if
+from ..models import TERMINAL_STATUSES, IdempotencyKey, Job, JobCount, JobCountChange, JobEventKind, JobStatus
+from . import dispatch, webhooks
+from .common import Note, literal
+from .transitions import change_job
 
 
 def sweep() -> dict[str, int]:
@@ -26,7 +27,49 @@ def sweep() -> dict[str, int]:
         "promoted": jobs_promote_scheduled(),
         "dispatched": jobs_dispatch_pending(),
         "idempotency_keys_purged": idempotency_keys_purge(),
+        "counts_folded": job_counts_fold(),
     }
+
+
+def job_counts_fold() -> int:
+    """Fold the job count changes the triggers appended into the counters (`models.JobCount`), so
+    reads stay a few rows. One folder at a time (PostgreSQL advisory lock; SQLite's write lock);
+    the changes folded and deleted are exactly those up to one id, in one transaction."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_FOLD_LOCK])
+                if not cursor.fetchone()[0]:
+                    return 0  # another sweeper is folding
+        last = JobCountChange.objects.aggregate(last=Max("id"))["last"]
+        if last is None:
+            return 0
+        changes = JobCountChange.objects.filter(id__lte=last)
+        sums = list(changes.values("owner_id", "type", "status").annotate(total=Sum("delta")).order_by())
+        keys = Q()
+        for row in sums:
+            keys |= Q(owner_id=row["owner_id"], type=row["type"], status=row["status"])
+        current = {(c.owner_id, c.type, c.status): c.n for c in JobCount.objects.filter(keys)} if sums else {}
+        JobCount.objects.bulk_create(
+            [
+                JobCount(
+                    owner_id=row["owner_id"],
+                    type=row["type"],
+                    status=row["status"],
+                    n=current.get((row["owner_id"], row["type"], row["status"]), 0) + row["total"],
+                )
+                for row in sums
+            ],
+            update_conflicts=True,
+            unique_fields=["owner_id", "type", "status"],
+            update_fields=["n"],
+        )
+        folded, _ = changes.delete()
+    return folded
+
+
+# Any constant that other advisory locks of the application do not use.
+_FOLD_LOCK = 0x4C52_0001
 
 
 def jobs_dispatch_pending(*, older_than: float | None = None, limit: int = 500) -> int:
@@ -51,15 +94,19 @@ def jobs_promote_scheduled(*, limit: int = 500) -> int:
         .values_list("pk", flat=True)[:limit]
     )
     promoted = 0
+    note = Note(JobEventKind.STATUS, "Its scheduled time has come; queued.")
     for job_id in due:
-        with transaction.atomic():
-            job = update_if(job_id, Q(status=JobStatus.SCHEDULED, run_at__lte=now), status=JobStatus.QUEUED)
-            if job is None:
-                continue  # cancelled meanwhile
-            entry = record_event(job, JobEventKind.STATUS, "Its scheduled time has come; queued.")
-            notify.job_changed_on_commit(job, "status", entry)
-            dispatch.dispatch_on_commit(job)
-            promoted += 1
+        job = change_job(
+            job_id,
+            {"status": JobStatus.SCHEDULED, "run_at__lte": now},
+            event="status",
+            note=note,
+            status=JobStatus.QUEUED,
+        )
+        if job is None:
+            continue  # cancelled meanwhile
+        dispatch.dispatch_on_commit(job)
+        promoted += 1
     return promoted
 
 
@@ -72,22 +119,19 @@ def idempotency_keys_purge() -> int:
 
 def _take_back(job: Job, status: str, note: str, **changes: Any) -> Job | None:
     """End or requeue a running job on behalf of its absent or unresponsive worker (conditional
-    on it still being that worker's), and record why. Must run inside a transaction."""
+    on it still being that worker's), and record why."""
     if status in TERMINAL_STATUSES:
         changes["finished_at"] = timezone.now()
-    taken = update_if(
+    data = {"error": changes["error"]} if "error" in changes else None
+    return change_job(
         job.pk,
-        Q(status=JobStatus.RUNNING, worker=job.worker),
+        {"status": JobStatus.RUNNING, "worker": job.worker},
+        event="status",
+        note=Note(JobEventKind.STATUS, literal(note), data=data),
         status=status,
         lease_expires_at=None,
         **changes,
     )
-    if taken is not None:
-        data = {"error": changes["error"]} if "error" in changes else None
-        notify.job_changed_on_commit(
-            taken, "status", record_event(taken, JobEventKind.STATUS, note, data=data)
-        )
-    return taken
 
 
 def _fail_for_absent_worker(job: Job, error: dict[str, str]) -> Job | None:
@@ -97,17 +141,16 @@ def _fail_for_absent_worker(job: Job, error: dict[str, str]) -> Job | None:
 def _recover_from_lost_worker(job: Job, reason: str) -> None:
     """A running job whose worker is gone: cancelled if that was asked, another attempt if any
     is left, else failed."""
-    with transaction.atomic():
-        if job.cancel_requested_at is not None:
-            _take_back(job, JobStatus.CANCELLED, f"Cancelled: {reason}.")
-        elif job.attempts < job.max_attempts:
-            note = f"{reason}; queued for attempt {job.attempts + 1} of {job.max_attempts}."
-            taken = _take_back(job, JobStatus.QUEUED, note, worker="", dispatched_at=None)
-            if taken is not None:
-                dispatch.dispatch_on_commit(taken)
-        else:
-            message = f"{reason} on attempt {job.attempts} of {job.max_attempts}."
-            _fail_for_absent_worker(job, {"type": "WorkerLost", "message": message})
+    if job.cancel_requested_at is not None:
+        _take_back(job, JobStatus.CANCELLED, f"Cancelled: {reason}.")
+    elif job.attempts < job.max_attempts:
+        note = f"{reason}; queued for attempt {job.attempts + 1} of {job.max_attempts}."
+        taken = _take_back(job, JobStatus.QUEUED, note, worker="", dispatched_at=None)
+        if taken is not None:
+            dispatch.dispatch_on_commit(taken)
+    else:
+        message = f"{reason} on attempt {job.attempts} of {job.max_attempts}."
+        _fail_for_absent_worker(job, {"type": "WorkerLost", "message": message})
 
 
 def jobs_recover_expired_leases(*, limit: int = 200) -> int:
@@ -133,10 +176,9 @@ def jobs_enforce_deadlines(*, limit: int = 200) -> int:
     cancel_cutoff = now - timedelta(seconds=cancel_grace)
     for job in Job.objects.filter(status=JobStatus.RUNNING, cancel_requested_at__lt=cancel_cutoff)[:limit]:
         note = f"Did not stop within {cancel_grace:.0f} s of the cancel request; its process was terminated."
-        with transaction.atomic():
-            if _take_back(job, JobStatus.CANCELLED, note) is not None:
-                dispatch.terminate_on_commit(job.celery_task_id)
-                ended += 1
+        if _take_back(job, JobStatus.CANCELLED, note) is not None:
+            dispatch.terminate_on_commit(job.celery_task_id)
+            ended += 1
     grace = timedelta(seconds=app_settings.TIMEOUT_GRACE * 2)
     running_with_timeout = Job.objects.filter(
         status=JobStatus.RUNNING, timeout__isnull=False, started_at__isnull=False
@@ -149,8 +191,7 @@ def jobs_enforce_deadlines(*, limit: int = 200) -> int:
             "type": "TimeoutError",
             "message": f"The job ran longer than its timeout of {job.timeout} s.",
         }
-        with transaction.atomic():
-            if _fail_for_absent_worker(job, error) is not None:
-                dispatch.terminate_on_commit(job.celery_task_id)
-                ended += 1
+        if _fail_for_absent_worker(job, error) is not None:
+            dispatch.terminate_on_commit(job.celery_task_id)
+            ended += 1
     return ended
