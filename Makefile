@@ -31,7 +31,10 @@ check-deploy: $(VENV)/.runtime-installed
 	  ALLOWED_HOSTS=jobs.example.com SECURE_SSL_REDIRECT=1 SECURE_HSTS_SECONDS=31536000 SECURE_HSTS_PRELOAD=1 \
 	  $(BIN)/python manage.py check --deploy --fail-level WARNING
 
+# Every benchmark against the real stack (PostgreSQL: BENCH_DATABASE_URL), one table; see bench/run.py.
+# BENCH_ARGS=--quick runs the short version CI runs.
 bench: $(VENV)/.dev-installed
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_publish.py
 
 clean:
