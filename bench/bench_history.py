@@ -66,6 +66,9 @@ def run(env: Env) -> list[Result]:
         cursor.execute("SELECT count(*) FROM tasks_app_job")
         existing = cursor.fetchone()[0]
     loaded = load(env, max(0, rows - existing))
+    from tasks_app.services import maintenance
+
+    maintenance.job_counts_fold()  # what the sweep does every few seconds (no beat runs here)
     stack = env.processes("history")
     try:
         base = "http://" + env.start_daphne(stack)

@@ -164,7 +164,7 @@ def job_stats(user: Viewer, *, minutes: int = 60) -> dict[str, Any]:
         jobs.filter(finished_at__gte=since)
         .annotate(minute=TruncMinute("finished_at"))
         .values_list("minute")
-        .annotate(n=Count("pk"))
+        .annotate(n=Count("*"))  # not Count("id"): the finished_at index alone answers it
     )
     # Keys may come back naive (SQLite) or aware (PostgreSQL); compare them as UTC.
     per_minute = {_as_utc(minute): n for minute, n in finished.items()}
