@@ -32,14 +32,45 @@ if TYPE_CHECKING:
     Viewer: TypeAlias = User | AnonymousUser
 
 
+def sees_every_job(user: Viewer) -> bool:
+    """Staff with Django's permission to view jobs (or to change them) see everyone's, as in the
+    admin; everyone else sees their own."""
+    return bool(
+        user.is_authenticated
+        and user.is_staff
+        and (user.has_perm("tasks_app.view_job") or user.has_perm("tasks_app.change_job"))
+    )
+
+
+def changes_every_job(user: Viewer) -> bool:
+    """Staff with the permission to change jobs may cancel or retry anyone's, as in the admin;
+    everyone may cancel and retry their own."""
+    return bool(user.is_authenticated and user.is_staff and user.has_perm("tasks_app.change_job"))
+
+
+def may_change_job(user: Viewer, job: Job) -> bool:
+    """Whether `user` may cancel, retry or redeliver `job` (one they can already see)."""
+    return bool(user.is_authenticated and (job.owner_id == user.pk or changes_every_job(user)))
+
+
 def job_list_visible(user: Viewer) -> QuerySet[Job]:
-    """The jobs `user` may see: their own, or all of them for staff."""
+    """The jobs `user` may see: their own, or all of them (`sees_every_job`)."""
     jobs = Job.objects.select_related("owner")
     if not user.is_authenticated:
         return jobs.none()
-    if user.is_staff:
+    if sees_every_job(user):
         return jobs
-    return jobs.filter(owner=user)
+    return jobs.filter(owner_id=user.pk)
+
+
+def job_list_changeable(user: Viewer) -> QuerySet[Job]:
+    """The jobs `user` may cancel, retry or redeliver: their own, or all (`changes_every_job`)."""
+    jobs = Job.objects.select_related("owner")
+    if not user.is_authenticated:
+        return jobs.none()
+    if changes_every_job(user):
+        return jobs
+    return jobs.filter(owner_id=user.pk)
 
 
 def job_get_visible(user: Viewer, job_id: JobId) -> Job:
@@ -101,7 +132,7 @@ def job_list_cancellable(
 ) -> list[JobId]:
     """Ids of the active jobs `user` may see that match every given filter, oldest first, at
     most `limit` (a bulk cancel)."""
-    jobs = job_list_visible(user).filter(status__in=ACTIVE_STATUSES)
+    jobs = job_list_changeable(user).filter(status__in=ACTIVE_STATUSES)
     if ids is not None:
         jobs = jobs.filter(pk__in=ids)
     if statuses is not None:
@@ -138,7 +169,7 @@ def job_counts(user: Viewer) -> dict[tuple[str, str], int]:
         return {}
     counts = JobCount.objects.values("type", "status").annotate(total=Sum("n")).order_by()
     changes = JobCountChange.objects.values("type", "status").annotate(total=Sum("delta")).order_by()
-    if not user.is_staff:
+    if not sees_every_job(user):
         counts, changes = counts.filter(owner_id=user.pk), changes.filter(owner_id=user.pk)
     totals: dict[tuple[str, str], int] = {}
     for row in counts.union(changes, all=True):

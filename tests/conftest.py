@@ -87,7 +87,28 @@ def other_user(django_user_model):
 
 @pytest.fixture
 def staff_user(django_user_model):
-    return django_user_model.objects.create_user("carol", password="carol-password-123", is_staff=True)
+    """An operator: staff with the permissions to view and change jobs (as the admin needs)."""
+    from django.contrib.auth.models import Permission
+
+    carol = django_user_model.objects.create_user("carol", password="carol-password-123", is_staff=True)
+    carol.user_permissions.add(
+        *Permission.objects.filter(
+            content_type__app_label="tasks_app", codename__in=["view_job", "change_job"]
+        )
+    )
+    return carol
+
+
+@pytest.fixture
+def viewing_staff_user(django_user_model):
+    """Staff who may only view jobs (the view_job permission)."""
+    from django.contrib.auth.models import Permission
+
+    dave = django_user_model.objects.create_user("dave", password="dave-password-123", is_staff=True)
+    dave.user_permissions.add(
+        Permission.objects.get(content_type__app_label="tasks_app", codename="view_job")
+    )
+    return dave
 
 
 @pytest.fixture

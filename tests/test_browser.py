@@ -483,3 +483,63 @@ def test_admin_change_list_shows_a_new_job_run_to_success_without_a_reload(
         assert problems == []
     finally:
         context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_view_only_staff_get_no_actions_and_repeated_wrong_passwords_pause_sign_in(
+    chromium, stack, free_tcp_port, django_user_model, viewing_staff_user, user
+):
+    """Issue 12 as a person meets it: staff who may only view jobs see everyone's jobs but no
+    Cancel / Retry; and after LONGRUN_THROTTLE_LOGIN wrong passwords the login page pauses
+    sign-in (429) with the time to wait, even for the right password."""
+    from playwright.sync_api import expect
+
+    from tests.helpers import failed_job
+
+    alices = failed_job(user)
+    stack.env["LONGRUN_THROTTLE_LOGIN"] = "3/hour"
+    stack.start_daphne(free_tcp_port)
+    base = f"http://127.0.0.1:{free_tcp_port}"
+    shot = Shots("security")
+    problems: list[str] = []
+
+    def sign_in(page, username: str, password: str) -> None:
+        page.goto("/accounts/login/")
+        page.get_by_label("Username").fill(username)
+        page.get_by_label("Password").fill(password)
+        page.get_by_test_id("login-submit").click()
+
+    context = chromium.new_context(base_url=base, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    try:
+        sign_in(page, "dave", "dave-password-123")
+        expect(page).to_have_url(f"{base}/")
+        row = page.locator(f'[data-job-id="{alices.pk}"]').first
+        expect(row).to_be_visible()  # everyone's jobs
+        page.goto(f"/jobs/{alices.pk}/")
+        expect(page.get_by_test_id("job-status")).to_have_text("Failed")
+        expect(page.get_by_test_id("retry-button")).to_be_hidden()
+        expect(page.get_by_test_id("cancel-button")).to_be_hidden()
+        expect(page.get_by_test_id("view-only")).to_have_text("View only")
+        shot(page, "view-only-job-page")
+        assert problems == []
+    finally:
+        context.close()
+
+    context = chromium.new_context(base_url=base, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        for _ in range(3):
+            sign_in(page, "dave", "not-his-password")
+            expect(page.get_by_test_id("login-error")).to_be_visible()
+        sign_in(page, "dave", "dave-password-123")
+        paused = page.get_by_test_id("login-throttled")
+        expect(paused).to_be_visible()
+        expect(paused).to_contain_text("Try again in")
+        assert page.url == f"{base}/accounts/login/"
+        shot(page, "sign-in-paused")
+    finally:
+        context.close()

@@ -60,9 +60,17 @@ class JobViewSet(
     def get_object(self) -> Job:
         return get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
 
+    def get_changeable_object(self) -> Job:
+        """The job to act on: 404 if the user may not see it, 403 if they may see but not change
+        it (staff with only the view permission, as in the admin)."""
+        job = self.get_object()
+        if not selectors.may_change_job(self.request.user, job):
+            raise PermissionDenied("You may view this job but not change it (the change_job permission).")
+        return job
+
     def filter_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        if self.request.query_params.get("owner") and not self.request.user.is_staff:
-            raise PermissionDenied("Only staff can filter by owner.")
+        if self.request.query_params.get("owner") and not selectors.sees_every_job(self.request.user):
+            raise PermissionDenied("Only staff who may view every job can filter by owner.")
         queryset = super().filter_queryset(queryset)
         return queryset
 
@@ -217,7 +225,9 @@ class JobViewSet(
         deliveries = selectors.job_deliveries(self.get_object())
         return Response(WebhookDeliverySerializer(deliveries, many=True).data)
 
-    @extend_schema(request=None, responses={202: WebhookDeliverySerializer, **problems(401, 404, 409, 429)})
+    @extend_schema(
+        request=None, responses={202: WebhookDeliverySerializer, **problems(401, 403, 404, 409, 429)}
+    )
     @action(
         detail=True,
         methods=["post"],
@@ -227,26 +237,26 @@ class JobViewSet(
     )
     def redeliver(self, request: Request, pk: str, n: str) -> Response:
         """Send a delivery again now, with the same webhook-id."""
-        delivery = get_object_or_404(selectors.job_deliveries(self.get_object()), n=int(n))
+        delivery = get_object_or_404(selectors.job_deliveries(self.get_changeable_object()), n=int(n))
         webhook_state.webhook_redeliver(delivery_id=delivery.pk)
         return Response(
             WebhookDeliverySerializer(selectors.job_deliveries(delivery.job).get(pk=delivery.pk)).data,
             status=status.HTTP_202_ACCEPTED,
         )
 
-    @extend_schema(request=None, responses={200: JobSerializer, **problems(401, 404, 409, 429)})
+    @extend_schema(request=None, responses={200: JobSerializer, **problems(401, 403, 404, 409, 429)})
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str) -> Response:
         """Cancel a job: at once if it has not started, cooperatively if it is running. 409 if it
         has already ended."""
-        job = control.job_cancel(job_id=self.get_object().pk, actor=request.user)
+        job = control.job_cancel(job_id=self.get_changeable_object().pk, actor=request.user)
         return Response(JobSerializer(job).data)
 
-    @extend_schema(request=None, responses={202: JobSerializer, **problems(401, 404, 409, 429)})
+    @extend_schema(request=None, responses={202: JobSerializer, **problems(401, 403, 404, 409, 429)})
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
         """Run a failed or cancelled job again, as a new attempt of the same job. 409 otherwise."""
-        job = control.job_retry(job_id=self.get_object().pk, actor=request.user)
+        job = control.job_retry(job_id=self.get_changeable_object().pk, actor=request.user)
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import ensure_csrf_cookie
@@ -111,7 +113,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         ],
     }
     type_names = sorted({known.name for known in registry.all_job_types()} | set(stats["by_type"]))
-    is_staff = bool(request.user.is_staff)
+    is_staff = selectors.sees_every_job(request.user)
     config = {
         "isStaff": is_staff,
         "scope": "all" if is_staff else "mine",
@@ -162,6 +164,7 @@ def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     context = {
         "job": data,
         "job_id_short": str(job.pk)[:8],
+        "can_change": selectors.may_change_job(request.user, job),
         "fields": fields,
         "events": events,
         "result_display": _display(data["result"], "json"),
@@ -175,6 +178,14 @@ class LoginView(auth_views.LoginView):
 
     template_name = "registration/login.html"
     redirect_authenticated_user = True
+
+    def get_success_url(self) -> str:
+        # `?next=` pointing back at this page would send a signed-in user round in circles
+        # (Django raises for it): go to the default page instead.
+        url = super().get_success_url()
+        if urlsplit(url).path == self.request.path:
+            return resolve_url(settings.LOGIN_REDIRECT_URL)
+        return url
 
 
 class LogoutView(auth_views.LogoutView):

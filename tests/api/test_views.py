@@ -317,6 +317,53 @@ def test_staff_can_cancel_another_users_job(staff_api, api, user, staff_user):
     assert events[-1]["actor"] == "carol"
 
 
+# Django's model permissions, as in the admin: staff need view_job to see every job and
+# change_job to cancel or retry anyone's (issue 12: view-only staff could cancel through the API).
+
+
+@pytest.mark.parametrize(
+    ("action", "make"), [("cancel", running_job), ("retry", failed_job)], ids=["cancel", "retry"]
+)
+def test_staff_who_may_only_view_jobs_cannot_change_others_jobs(viewing_staff_user, user, action, make):
+    job = make(user)
+    status, version = job.status, job.version
+    viewer = token_client(viewing_staff_user)
+    assert viewer.get(detail_url(job.pk)).status_code == 200
+    response = viewer.post(f"/api/jobs/{job.pk}/{action}/")
+    body = assert_problem(response, 403, "permission_denied")
+    assert "change_job" in body["detail"]
+    job.refresh_from_db()
+    assert (job.status, job.version) == (status, version)
+    # Their own jobs they may still cancel and retry, like anyone.
+    own = make(viewing_staff_user)
+    assert viewer.post(f"/api/jobs/{own.pk}/{action}/").status_code in (200, 202)
+
+
+def test_view_only_staff_bulk_cancel_reaches_only_their_own_jobs(viewing_staff_user, user):
+    theirs, own = make_job(user), make_job(viewing_staff_user)
+    viewer = token_client(viewing_staff_user)
+    response = viewer.post("/api/jobs/cancel/", {"status": ["queued"]}, format="json")
+    assert response.status_code == 200, response.content
+    theirs.refresh_from_db()
+    own.refresh_from_db()
+    assert (theirs.status, own.status) == (JobStatus.QUEUED, JobStatus.CANCELLED)
+
+
+def test_staff_without_the_view_permission_see_only_their_own_jobs(django_user_model, user):
+    bare = django_user_model.objects.create_user("erin", password="erin-password-123", is_staff=True)
+    others, own = make_job(user), make_job(bare)
+    client = token_client(bare)
+    assert page_ids(client.get("/api/jobs/")) == [str(own.pk)]
+    assert_problem(client.get(detail_url(others.pk)), 404, "not_found")
+    assert_problem(client.get("/api/jobs/", {"owner": "alice"}), 403, "permission_denied")
+
+
+def test_a_superuser_has_every_permission(django_user_model, user):
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "root-password-123")
+    job = running_job(user)
+    assert token_client(root).post(f"/api/jobs/{job.pk}/cancel/").status_code == 200
+
+
 # --- detail ---------------------------------------------------------------------------------
 
 

@@ -110,6 +110,26 @@ def test_a_wrong_password_shows_an_error(client, user):
     assert 'data-testid="login-error"' in response.content.decode()
 
 
+@pytest.mark.parametrize("next_url", ["/accounts/login/", "/accounts/login/?next=/accounts/login/"])
+def test_a_signed_in_user_sent_back_to_the_login_page_goes_to_the_dashboard(client, user, next_url):
+    """`?next=` naming the login page itself was a redirect loop (Django raises for it: a 500)."""
+    client.force_login(user)
+    response = client.get("/accounts/login/", {"next": next_url})
+    assert response.status_code == 302 and response["Location"] == "/"
+
+
+def test_job_page_offers_cancel_and_retry_only_to_who_may_change_the_job(
+    user, viewing_staff_user, staff_user
+):
+    job = make_job(user)
+    for viewer, may_change in ((user, True), (staff_user, True), (viewing_staff_user, False)):
+        html = session_client(viewer).get(f"/jobs/{job.pk}/").content.decode()
+        assert f'data-can-change="{str(may_change).lower()}"' in html, viewer
+        cancel = re.search(r'<button[^>]*data-testid="cancel-button"[^>]*>', html).group(0)
+        assert (" hidden" in cancel) is not may_change, viewer
+        assert ('data-testid="view-only"' in html) is not may_change, viewer
+
+
 def test_logout_is_a_post_and_returns_to_the_login_page(browser):
     assert browser.get("/accounts/logout/").status_code == 405
     response = browser.post("/accounts/logout/")

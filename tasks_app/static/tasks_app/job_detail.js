@@ -29,6 +29,8 @@ const outcome = {
   errorMessage: page.querySelector("[data-error-message]"),
   tracebackBox: page.querySelector("[data-traceback-box]"),
 };
+// Staff who may only view jobs (Django's view_job permission) get no Cancel / Retry.
+const canChange = page.dataset.canChange === "true";
 let busy = false;
 let awaitingCancel = false; // a cancel was requested here and the job has not stopped yet
 
@@ -101,7 +103,7 @@ function render() {
   if (job.traceback && !hadTraceback) outcome.tracebackBox.open = true;
 
   const active = ACTIVE.has(job.status);
-  cancelButton.hidden = !active;
+  cancelButton.hidden = !canChange || !active;
   const cancelling = active && Boolean(job.cancel_requested_at);
   cancelButton.disabled = busy || cancelling;
   setText(cancelButton, cancelling ? "Cancel requested" : "Cancel");
@@ -109,7 +111,7 @@ function render() {
     awaitingCancel = false;
     setText(actionStatus, job.status === "cancelled" ? "Cancelled." : `It ${job.status} before the cancel reached it.`);
   }
-  retryButton.hidden = !(job.status === "failed" || job.status === "cancelled");
+  retryButton.hidden = !canChange || !(job.status === "failed" || job.status === "cancelled");
   retryButton.disabled = busy;
   document.title = `${statusLabel(job.status)} · ${job.type} ${job.id.slice(0, 8)} · Longrun`;
 }
