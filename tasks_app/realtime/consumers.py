@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections import OrderedDict
@@ -32,6 +33,11 @@ def _visible_job(user: Any, job_id: str) -> dict[str, Any] | None:
 
 
 @database_sync_to_async
+def _sees_every_job(user: Any) -> bool:
+    return selectors.sees_every_job(user)
+
+
+@database_sync_to_async
 def _recent_jobs(user: Any, *, mine: bool) -> list[dict[str, Any]]:
     return [
         messages.job_data(job) for job in selectors.job_list_recent(user, mine=mine, limit=SNAPSHOT_LIMIT)
@@ -45,6 +51,9 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
     MAX_MESSAGES_PER_SECOND = 50
     BURST = 100
     MAX_PENDING = 500
+    # A client that sends this many bad frames or requests is closed (policy violation).
+    MAX_BAD_REQUESTS = 20
+    POLICY_VIOLATION = 1008
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -55,6 +64,7 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
         self.groups_joined: set[str] = set()
         self.versions: dict[str, int] = {}
         self.pending: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.bad_requests = 0
         self.wakeup = asyncio.Event()
         await self.accept()
         self.sender = asyncio.create_task(self._send_pending())
@@ -67,11 +77,25 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
             with contextlib.suppress(Exception):
                 await self.channel_layer.group_discard(group, self.channel_name)
 
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        """A frame. Anything but a JSON text frame is answered with an error; the socket stays
+        open (until too many: see MAX_BAD_REQUESTS)."""
+        if text_data is None:
+            await self._bad_request("Send JSON in text frames; binary frames are not part of the protocol.")
+            return
+        try:
+            content = json.loads(text_data)
+        except (ValueError, RecursionError):
+            await self._bad_request("Not valid JSON.")
+            return
+        await self.receive_json(content)
+
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if not isinstance(content, dict) or content.get("action") not in ("subscribe", "unsubscribe"):
-            await self._error(
-                "bad_request",
-                'Send {"action": "subscribe" or "unsubscribe", "job": id or "scope": "mine"/"all"}.',
+            await self._bad_request(
+                'Send {"action": "subscribe" or "unsubscribe", "job": id or "scope": "mine"/"all"}.'
             )
             return
         subscribe = content["action"] == "subscribe"
@@ -80,7 +104,7 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
         elif content.get("scope") in ("mine", "all"):
             await self._subscribe_scope(content["scope"], subscribe)
         else:
-            await self._error("bad_request", 'Give "job": "<id>" or "scope": "mine" or "all".')
+            await self._bad_request('Give "job": "<id>" or "scope": "mine" or "all".')
 
     async def _subscribe_job(self, job_id: Any, subscribe: bool) -> None:
         """Subscribe to (or leave) one job's changes."""
@@ -92,9 +116,14 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
         if not subscribe:
             await self._leave(job_group(job_id))
             return
-        await self._join(job_group(job_id))  # join first, then read: nothing slips in between
+        # Check first: a job this user may not see is never joined, so none of its changes can
+        # reach the socket. Then join, then read the snapshot: no change slips in between.
+        if await _visible_job(self.user, job_id) is None:
+            await self._error("not_found", "No such job, or not yours.")
+            return
+        await self._join(job_group(job_id))
         job = await _visible_job(self.user, job_id)
-        if job is None:
+        if job is None:  # gone meanwhile
             await self._leave(job_group(job_id))
             await self._error("not_found", "No such job, or not yours.")
             return
@@ -102,8 +131,8 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
 
     async def _subscribe_scope(self, scope: str, subscribe: bool) -> None:
         """Subscribe to (or leave) my jobs, or every job (staff)."""
-        if scope == "all" and not self.user.is_staff:
-            await self._error("forbidden", 'Only staff can subscribe to "all".')
+        if scope == "all" and not await _sees_every_job(self.user):
+            await self._error("forbidden", 'Only staff who may view jobs can subscribe to "all".')
             return
         group = STAFF_GROUP if scope == "all" else owner_group(self.user.pk)
         if not subscribe:
@@ -159,3 +188,11 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
 
     async def _error(self, code: str, message: str) -> None:
         await self.send_json(messages.error(code, message))
+
+    async def _bad_request(self, message: str) -> None:
+        self.bad_requests += 1
+        if self.bad_requests > self.MAX_BAD_REQUESTS:
+            await self.send_json(messages.error("bad_request", "Too many bad requests; closing."))
+            await self.close(code=self.POLICY_VIOLATION)
+            return
+        await self._error("bad_request", message)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from unittest import mock
 
 import pytest
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.hashers import make_password  # noqa: F401 (fixtures create users)
+from django.db.models import F
 from rest_framework.authtoken.models import Token
 
+from tasks_app import selectors
+from tasks_app.models import Job
 from tasks_app.realtime.auth import WebSocketAuthMiddleware
 from tasks_app.realtime.routing import websocket_urlpatterns
 from tasks_app.services import control, execution, submission
@@ -137,7 +141,7 @@ def test_scope_all_is_for_staff_only(user, staff_user):
             assert message == {
                 "type": "error",
                 "code": "forbidden",
-                "message": 'Only staff can subscribe to "all".',
+                "message": 'Only staff who may view jobs can subscribe to "all".',
             }
         await communicator.disconnect()
 
@@ -253,5 +257,161 @@ def test_a_flood_is_coalesced_to_the_latest_state_per_job(user, monkeypatch):
         assert len(received) < 30, len(received)  # coalesced, not all 60
         assert received[-1]["version"] == 62
         await communicator.disconnect()
+
+    run(scenario())
+
+
+# --- a hostile client (issue 12) ---------------------------------------------------------------
+
+
+def test_a_change_during_a_refused_subscribe_never_reaches_the_socket(user, other_user):
+    """The visibility check and the change race: the job changes while the consumer is deciding
+    whether `other_user` may follow it. Checked before joining the job's group, the change has
+    nowhere to go; joined first, it would be delivered with the whole job."""
+    from tasks_app.realtime import messages
+    from tasks_app.realtime.publish import publish_job_message
+
+    job = submit(user)
+    real_get_visible = selectors.job_get_visible
+
+    def get_visible_while_the_job_changes(viewer, job_id):
+        publish_job_message(user.pk, messages.job_changed(Job.objects.get(pk=job_id), "progress"))
+        time.sleep(0.3)  # long enough for the channel layer to deliver it
+        return real_get_visible(viewer, job_id)
+
+    headers = token_headers(other_user)
+
+    async def scenario():
+        communicator, _ = await connect(headers)
+        with mock.patch.object(selectors, "job_get_visible", get_visible_while_the_job_changes):
+            for _ in range(3):
+                await communicator.send_json_to({"action": "subscribe", "job": str(job.pk)})
+                assert await communicator.receive_json_from(timeout=5) == {
+                    "type": "error",
+                    "code": "not_found",
+                    "message": "No such job, or not yours.",
+                }
+        assert await communicator.receive_nothing(timeout=1)
+        await communicator.disconnect()
+
+    run(scenario())
+
+
+def test_a_change_during_an_allowed_subscribe_arrives_once_and_in_order(user):
+    """The owner's subscribe in the same race: the snapshot is taken after joining, so the
+    change is either in it or follows it; never lost, never older than the snapshot."""
+    from tasks_app.realtime import messages
+    from tasks_app.realtime.publish import publish_job_message
+
+    job = submit(user)
+    real_get_visible = selectors.job_get_visible
+    calls = []
+
+    def get_visible_while_the_job_changes(viewer, job_id):
+        calls.append(job_id)
+        if len(calls) == 1:  # between the check and the join
+            with_progress = control_progress(job_id)
+            publish_job_message(user.pk, messages.job_changed(with_progress, "progress"))
+            time.sleep(0.3)
+        return real_get_visible(viewer, job_id)
+
+    def control_progress(job_id):
+        Job.objects.filter(pk=job_id).update(progress=40, version=F("version") + 1)
+        return Job.objects.get(pk=job_id)
+
+    headers = token_headers(user)
+
+    async def scenario():
+        communicator, _ = await connect(headers)
+        with mock.patch.object(selectors, "job_get_visible", get_visible_while_the_job_changes):
+            await communicator.send_json_to({"action": "subscribe", "job": str(job.pk)})
+            snapshot = await communicator.receive_json_from(timeout=5)
+        assert snapshot["type"] == "snapshot"
+        assert snapshot["jobs"][0]["progress"] == 40  # the change is in the snapshot
+        assert await communicator.receive_nothing(timeout=1)  # and not sent again
+        await communicator.disconnect()
+
+    run(scenario())
+
+
+def test_staff_who_may_only_view_jobs_may_follow_every_job(user, viewing_staff_user):
+    submit(user)
+
+    headers = token_headers(viewing_staff_user)
+
+    async def scenario():
+        communicator, _ = await connect(headers)
+        await communicator.send_json_to({"action": "subscribe", "scope": "all"})
+        message = await communicator.receive_json_from(timeout=5)
+        assert message["type"] == "snapshot" and len(message["jobs"]) == 1
+        await communicator.disconnect()
+
+    run(scenario())
+
+
+def test_staff_without_the_view_permission_follow_only_their_own(user, django_user_model):
+    submit(user)
+    bare_staff = django_user_model.objects.create_user("erin", password="erin-password-123", is_staff=True)
+
+    headers = token_headers(bare_staff)
+
+    async def scenario():
+        communicator, _ = await connect(headers)
+        await communicator.send_json_to({"action": "subscribe", "scope": "all"})
+        assert (await communicator.receive_json_from(timeout=5))["code"] == "forbidden"
+        await communicator.send_json_to({"action": "subscribe", "scope": "mine"})
+        assert (await communicator.receive_json_from(timeout=5))["jobs"] == []
+        await communicator.disconnect()
+
+    run(scenario())
+
+
+MALFORMED_FRAMES = {
+    "not JSON": {"text_data": "hello"},
+    "truncated JSON": {"text_data": '{"action": "subscribe", "job": '},
+    "binary": {"bytes_data": b'{"action": "subscribe", "scope": "mine"}'},
+    "nested 100,000 deep": {"text_data": "[" * 100_000 + "]" * 100_000},
+    "invalid UTF-16 escape": {"text_data": '{"action": "subscribe", "job": "\\ud800"}'},
+    "whitespace only": {"text_data": " "},
+}
+
+
+@pytest.mark.parametrize("frame", MALFORMED_FRAMES.values(), ids=MALFORMED_FRAMES.keys())
+def test_a_malformed_frame_is_answered_with_an_error_and_the_socket_stays_open(user, frame):
+    job = submit(user)
+
+    headers = token_headers(user)
+
+    async def scenario():
+        communicator, _ = await connect(headers)
+        await communicator.send_to(**frame)
+        message = await communicator.receive_json_from(timeout=5)
+        assert message["type"] == "error" and message["code"] in ("bad_request", "not_found"), message
+        # Still open and still working.
+        await communicator.send_json_to({"action": "subscribe", "job": str(job.pk)})
+        assert (await communicator.receive_json_from(timeout=5))["type"] == "snapshot"
+        await communicator.disconnect()
+
+    run(scenario())
+
+
+def test_a_client_that_keeps_sending_garbage_is_closed_with_policy_violation(user):
+    from tasks_app.realtime.consumers import JobsConsumer
+
+    headers = token_headers(user)
+
+    async def scenario():
+        communicator, _ = await connect(headers)
+        for _ in range(JobsConsumer.MAX_BAD_REQUESTS):
+            await communicator.send_to(text_data="garbage")
+            assert (await communicator.receive_json_from(timeout=5))["code"] == "bad_request"
+        await communicator.send_to(text_data="garbage")
+        assert await communicator.receive_json_from(timeout=5) == {
+            "type": "error",
+            "code": "bad_request",
+            "message": "Too many bad requests; closing.",
+        }
+        closed = await communicator.receive_output(timeout=5)
+        assert closed == {"type": "websocket.close", "code": 1008}
 
     run(scenario())
