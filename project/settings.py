@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -93,11 +94,15 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before anything reads the request: NUL in a URL, query or form is a 400, not a database error.
+    "tasks_app.web.middleware.RejectNulMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Too many failed sign-ins from an address or for a username: 429 with Retry-After.
+    "tasks_app.web.middleware.LoginThrottleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -200,6 +205,25 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("LONGRUN_MAX_REQUEST_BYTES", 1024 * 1024)
 
 # --- Redis, channel layer, Celery -------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _redis_db(url: str, offset: int) -> str:
+    """The same Redis server, another database number (the broker's own db is never flushed)."""
+    parts = urlsplit(url)
+    db = int(parts.path.strip("/") or 0)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{(db + offset) % 16}", parts.query, parts.fragment))
+
+
+# Shared by every process: request throttles and failed-login counts must be the same for all the
+# web servers. By default the next database number of REDIS_URL's server.
+CACHES = {
+    "default": {
+        "BACKEND": "tasks_app.cache.RedisWithLocalFallback",
+        "LOCATION": os.environ.get("CACHE_URL") or _redis_db(REDIS_URL, 1),
+        "KEY_PREFIX": os.environ.get("CHANNEL_PREFIX", "longrun"),
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2},
+    }
+}
 
 CHANNEL_LAYERS = {
     "default": {
@@ -309,6 +333,14 @@ LONGRUN: dict[str, Any] = {
     # DRF throttle rates ("N/second|minute|hour|day"); 429 with Retry-After beyond them.
     "THROTTLE_USER": os.environ.get("LONGRUN_THROTTLE_USER", "1200/minute"),
     "THROTTLE_ANON": os.environ.get("LONGRUN_THROTTLE_ANON", "60/minute"),
+    # Failed sign-ins (site and admin) allowed per address and, separately, per username.
+    "THROTTLE_LOGIN": os.environ.get("LONGRUN_THROTTLE_LOGIN", "10/minute"),
+    # How many reverse proxies stand in front of the web servers: X-Forwarded-For is believed
+    # for that many hops only (0: never; the peer's address is the client's).
+    "TRUSTED_PROXIES": env_int("LONGRUN_TRUSTED_PROXIES", 0),
+    # The OpenAPI schema (/api/schema/) and Swagger UI (/api/docs/) need a login, like the rest
+    # of the API, unless this makes both public.
+    "PUBLIC_API_DOCS": env_bool("LONGRUN_PUBLIC_API_DOCS", False),
 }
 
 # --- REST framework ---------------------------------------------------------------------------

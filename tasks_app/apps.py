@@ -21,6 +21,12 @@ class TasksAppConfig(AppConfig):
             importlib.import_module(module)
         checks.register(check_settings)
 
+        from django.contrib.auth.signals import user_login_failed
+
+        from .web.middleware import record_failed_login
+
+        user_login_failed.connect(record_failed_login, dispatch_uid="longrun-failed-login")
+
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """A misspelt key in settings.LONGRUN would be silently ignored: say so."""

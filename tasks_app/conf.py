@@ -114,6 +114,12 @@ class AppSettings:
     # DRF throttle rates ("N/second|minute|hour|day").
     THROTTLE_USER: str = "1200/minute"
     THROTTLE_ANON: str = "60/minute"
+    # Failed sign-ins allowed per address and, separately, per username.
+    THROTTLE_LOGIN: str = "10/minute"
+    # Reverse proxies in front of the web servers whose X-Forwarded-For is believed (0: none).
+    TRUSTED_PROXIES: int = 0
+    # Whether the OpenAPI schema and Swagger UI are served without a login.
+    PUBLIC_API_DOCS: bool = False
 
     def __getattribute__(self, name: str) -> Any:
         if name.isupper():

@@ -37,6 +37,12 @@ def wait_for(
         time.sleep(interval)
 
 
+def with_longrun(settings, **changes) -> None:
+    """Override entries of settings.LONGRUN on a copy (pytest-django's `settings` fixture
+    restores the original)."""
+    settings.LONGRUN = {**settings.LONGRUN, **changes}
+
+
 def token_client(user) -> APIClient:
     client = APIClient()
     token, _ = Token.objects.get_or_create(user=user)

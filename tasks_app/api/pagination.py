@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Field
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
+
+from ..models import Job
 
 
 class JobCursorPagination(CursorPagination):
@@ -31,9 +35,23 @@ class JobCursorPagination(CursorPagination):
 
     def decode_cursor(self, request: Request) -> Cursor | None:
         try:
-            return super().decode_cursor(request)
+            cursor = super().decode_cursor(request)
         except NotFound:
             raise serializers.ValidationError({self.cursor_query_param: ["Invalid cursor."]}) from None
+        if cursor is not None and cursor.position is not None and not self._fits_ordering(cursor.position):
+            # A forged position ("p=abc" for an ordering by priority) would reach the database.
+            raise serializers.ValidationError({self.cursor_query_param: ["Invalid cursor."]})
+        return cursor
+
+    def _fits_ordering(self, position: Any) -> bool:
+        """Whether the position is a value of the field the list is ordered by (its type, and
+        the column's range: an out-of-range integer is a database error too)."""
+        field = cast(Field, Job._meta.get_field(self.ordering[0].lstrip("-")))
+        try:
+            field.run_validators(field.to_python(position))
+        except (DjangoValidationError, ValueError, TypeError, OverflowError):
+            return False
+        return "\x00" not in str(position)
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
         parameters = super().get_schema_operation_parameters(view)

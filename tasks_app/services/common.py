@@ -48,9 +48,39 @@ def storable_text(text: str) -> str:
     return text.replace("\x00", "\\x00")
 
 
+NUL_MESSAGE = "Must not contain NUL (\\u0000) characters."
+SURROGATE_MESSAGE = "Must be valid Unicode text: a lone surrogate (\\ud800-\\udfff) cannot be stored."
+
+
 def has_nul(value: Any) -> bool:
     """Whether a JSON value holds a NUL character anywhere (PostgreSQL would refuse it)."""
     return "\\u0000" in json.dumps(value, cls=DjangoJSONEncoder)
+
+
+def surrogate_path(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string (or key) holding a lone surrogate, or None."""
+    if isinstance(value, str):
+        return None if value.isascii() or _encodable(value) else path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if not _encodable(str(key)):
+                return here.encode("utf-8", "backslashreplace").decode()
+            if (found := surrogate_path(item, here)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := surrogate_path(item, f"{path}.{index}" if path else str(index))) is not None:
+                return found
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def literal(text: str) -> str:

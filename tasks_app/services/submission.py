@@ -29,7 +29,7 @@ from ..conf import (
 from ..exceptions import IdempotencyConflict, JobValidationError
 from ..models import IdempotencyKey, Job, JobEvent, JobEventKind, JobStatus
 from . import dispatch, notify
-from .common import has_nul
+from .common import NUL_MESSAGE, SURROGATE_MESSAGE, has_nul, surrogate_path
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -76,8 +76,12 @@ def job_validate(
     errors.update(_callback_errors(callback_url, webhook_events))
     errors.update(_metadata_errors(metadata))
     for name, value in (("params", params), ("metadata", metadata), ("callback_url", callback_url)):
-        if name not in errors and has_nul(value):
-            errors[name] = ["Must not contain NUL (\\u0000) characters."]
+        if name in errors:
+            continue
+        if has_nul(value):
+            errors[name] = [NUL_MESSAGE]
+        elif surrogate_path(value) is not None:
+            errors[name] = [SURROGATE_MESSAGE]
     if errors:
         raise JobValidationError(errors)
     assert job_type is not None

@@ -6,9 +6,11 @@ No broker is needed: the Celery publish and the live-update publish are mocks.""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
+from urllib.parse import urlencode
 
 import pytest
 from django.utils import timezone
@@ -377,3 +379,29 @@ def test_page_size_is_capped_at_200(api, user):
     # The default page is 50.
     assert len(list_ids(api)) == 50
     assert len(list_ids(api, page_size=7)) == 7
+
+
+def _cursor(position: str) -> str:
+    return base64.b64encode(urlencode({"p": position}).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("ordering", "position"),
+    [
+        ("priority", "abc"),  # not an integer (was a 500)
+        ("-priority", "99999999999999999999"),  # past the column's range
+        ("priority", "1.5"),
+        ("created", "yesterday"),
+        ("-started", "2026-13-45T99:00:00"),
+        ("created", "2026-01-01\x00"),
+    ],
+)
+def test_a_cursor_whose_position_does_not_fit_the_ordering_is_400(api, user, ordering, position):
+    _bulk_jobs(user, [1, 2, 3])
+    response = api.get("/api/jobs/", {"ordering": ordering, "cursor": _cursor(position)})
+    assert_invalid(response, "cursor")
+
+
+def test_the_cursor_from_issue_12_is_400(api, user):
+    _bulk_jobs(user, [1, 2])
+    assert_invalid(api.get("/api/jobs/?ordering=priority&cursor=cD1hYmM="), "cursor")

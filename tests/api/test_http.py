@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 
 from tasks_app.models import Job, JobEvent, JobEventKind, JobStatus
 from tasks_app.services import control, execution, maintenance
-from tests.helpers import PROBLEM_TEXT, detail_url, make_job, post_job, problem_asserts
+from tests.helpers import PROBLEM_TEXT, detail_url, make_job, post_job, problem_asserts, with_longrun
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker")]
 
@@ -49,11 +49,6 @@ def iso(moment: datetime) -> str:
 
 def parse_dt(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def with_longrun(settings, **changes) -> None:
-    """Override entries of settings.LONGRUN on a copy (the fixture restores the original)."""
-    settings.LONGRUN = {**settings.LONGRUN, **changes}
 
 
 # --- ETag, If-None-Match, Retry-After -------------------------------------------------------
@@ -543,6 +538,41 @@ def test_nested_json_just_within_the_parser_limit_is_400_not_500(api, where):
     assert Job.objects.count() == 0
 
 
+# A lone UTF-16 surrogate is valid JSON but not Unicode; PostgreSQL refused it with a 500.
+SURROGATE_BODIES = {
+    "params value": ('{"type": "fail", "params": {"message": "\\ud800"}}', "params.message"),
+    "metadata key": ('{"type": "sleep", "metadata": {"k\\udfff": "v"}}', "metadata.k\\udfff"),
+    "metadata value": ('{"type": "sleep", "metadata": {"note": "x\\udbff"}}', "metadata.note"),
+    "in a list": ('{"type": "fail", "params": {"message": ["ok", "\\ud800"]}}', "params.message.1"),
+}
+
+
+@pytest.mark.parametrize(("body", "field"), SURROGATE_BODIES.values(), ids=SURROGATE_BODIES.keys())
+def test_a_lone_surrogate_is_400_naming_where_it_is(api, body, field):
+    response = api.post("/api/jobs/", data=body, content_type="application/json")
+    errors = assert_invalid(response, field)
+    assert "surrogate" in errors[0]["message"]
+    assert Job.objects.count() == 0
+
+
+def test_a_lone_surrogate_in_a_bulk_submission_is_400_and_writes_nothing(api):
+    body = '{"jobs": [{"type": "sleep"}, {"type": "fail", "params": {"message": "\\ud800"}}]}'
+    response = api.post("/api/jobs/bulk/", data=body, content_type="application/json")
+    assert_invalid(response, "jobs.1.params.message")
+    assert Job.objects.count() == 0
+
+
+def test_the_service_refuses_a_surrogate_from_any_caller(user):
+    """The API's parser is one caller; the service refuses for every other (pages, CLI)."""
+    from tasks_app.exceptions import JobValidationError
+    from tasks_app.services import submission
+
+    with pytest.raises(JobValidationError) as refused:
+        submission.job_create(owner=user, type="fail", params={"message": "\ud800"})
+    assert "surrogate" in str(refused.value.errors["params"])
+    assert Job.objects.count() == 0
+
+
 @pytest.mark.parametrize(
     ("content_type", "data"),
     [
@@ -815,8 +845,9 @@ def test_openapi_schema_as_json(api):
     assert "oneOf" in json.loads(response.content)["components"]["schemas"]["JobCreateRequest"]
 
 
-def test_api_docs_are_html_with_only_local_assets(api):
-    response = api.get("/api/docs/")
+def test_api_docs_are_html_with_only_local_assets(client, user):
+    client.force_login(user)
+    response = client.get("/api/docs/")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/html")
     html = response.content.decode()
@@ -831,8 +862,38 @@ def test_api_docs_are_html_with_only_local_assets(api):
     # The assets it names are served.
     for source in sources:
         if source.endswith(".js"):
-            asset = api.get(source)
+            asset = client.get(source)
             assert asset.status_code == 200, source
             break
     else:
         pytest.fail("no script in the docs page")
+
+
+# --- who may read the schema and the docs -----------------------------------------------------
+
+
+def test_the_schema_and_docs_need_a_login_by_default():
+    anonymous = APIClient()
+    assert_problem(anonymous.get("/api/schema/"), 401, "not_authenticated")
+    docs = anonymous.get("/api/docs/")
+    assert docs.status_code == 302
+    assert docs["Location"] == "/accounts/login/?next=/api/docs/"
+
+
+def test_the_schema_and_docs_may_be_made_public(settings):
+    with_longrun(settings, PUBLIC_API_DOCS=True)
+    anonymous = APIClient()
+    assert anonymous.get("/api/schema/").status_code == 200
+    assert anonymous.get("/api/docs/").status_code == 200
+    # Public docs change nothing else.
+    assert_problem(anonymous.get("/api/job-types/"), 401)
+
+
+def test_the_docs_page_is_not_part_of_the_schema_and_answers_options(client, user):
+    client.force_login(user)
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    assert "/api/docs/" not in schema["paths"]
+    assert "/api/jobs/" in schema["paths"]
+    options = client.options("/api/docs/")
+    assert options.status_code == 200
+    assert options["Content-Type"].startswith("application/json")
