@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 import django_filters
@@ -19,12 +20,19 @@ from ..models import Job, JobStatus
 
 
 class PresentIsoDateTimeField(django_filters.fields.IsoDateTimeField):
-    """Absent means no filter; present but empty is a mistake worth a 400."""
+    """Absent means no filter; present but empty is a mistake worth a 400. Values are compared
+    in UTC: ISO 8601 allows offsets PostgreSQL does not (beyond 15:59)."""
 
     def clean(self, value: Any) -> Any:
         if value == "":
             raise forms.ValidationError("Give an ISO 8601 date and time, or leave the parameter out.")
-        return super().clean(value)
+        cleaned = super().clean(value)
+        if cleaned is None:
+            return None
+        try:
+            return cleaned.astimezone(UTC)
+        except OverflowError:
+            raise forms.ValidationError("That date and time is out of range.") from None
 
 
 class IsoDateTimeFilter(django_filters.IsoDateTimeFilter):
