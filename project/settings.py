@@ -322,6 +322,10 @@ LONGRUN: dict[str, Any] = {
     "SWEEP_INTERVAL": env_float("LONGRUN_SWEEP_INTERVAL", 5.0),
     # A queued job whose on-commit dispatch has not happened after this long is re-published.
     "DISPATCH_GRACE": env_float("LONGRUN_DISPATCH_GRACE", 10.0),
+    # A queued job whose broker message was lost (Redis restarted without persistence, a
+    # flush, a killed worker's prefetched message) is published again once the job queue has
+    # been seen empty for this long, seconds.
+    "REDISPATCH_AFTER": env_float("LONGRUN_REDISPATCH_AFTER", 60.0),
     # Minimum seconds between two progress writes of one job (the latest value always lands).
     "PROGRESS_INTERVAL": env_float("LONGRUN_PROGRESS_INTERVAL", 0.25),
     # Default attempts for a new job when the client does not say (at most 20).

@@ -103,6 +103,9 @@ class AppSettings:
     # re-published by the sweep.
     SWEEP_INTERVAL: float = 5.0
     DISPATCH_GRACE: float = 10.0
+    # A queued job whose broker message is gone is published again once the job queue has been
+    # seen empty for this long, seconds (`maintenance.jobs_redispatch_stranded`).
+    REDISPATCH_AFTER: float = 60.0
     # Minimum seconds between two progress writes of one job (the latest value always lands).
     PROGRESS_INTERVAL: float = 0.25
     # Attempts for a job whose submitter does not say (at most MAX_ATTEMPTS_LIMIT).

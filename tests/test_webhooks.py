@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.messages import get_messages
+from django.core.cache import cache
 from django.db import transaction
 from django.test import Client
 from django.utils import timezone
@@ -33,9 +34,10 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from tasks_app import webhooks
 from tasks_app.models import DeliveryStatus, Job, WebhookAttempt, WebhookDelivery
 from tasks_app.services import control, dispatch, execution, submission
+from tasks_app.services.webhooks import webhooks_dispatch_due
 from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE
 from tasks_app.worker import webhook_sender
-from tests.helpers import ProcessStack, wait_for
+from tests.helpers import ProcessStack, make_job, wait_for, with_longrun
 
 HANG = "hang"  # a receiver script step: hold the request (up to 60 s) without answering
 
@@ -771,6 +773,43 @@ def test_admin_redeliver_action_queues_the_delivery(
     assert busy.status == DeliveryStatus.SENDING
     notes = [str(m) for m in get_messages(response.wsgi_request)]
     assert any("Queued 1" in n for n in notes) and any("being sent right now" in n for n in notes), notes
+
+
+@pytest.mark.django_db
+def test_the_sweep_sends_a_handed_over_delivery_again_only_once_its_message_is_lost(
+    user, settings, monkeypatch
+):
+    """Deliveries waiting behind a busy sender are not sent twice; one whose message the broker
+    lost is, once the webhook queue has been seen empty for LONGRUN_REDISPATCH_AFTER."""
+    with_longrun(settings, REDISPATCH_AFTER=60)
+    sent: list[int] = []
+    monkeypatch.setattr(
+        dispatch, "webhooks_dispatch", lambda delivery_ids: sent.extend(delivery_ids) or len(delivery_ids)
+    )
+    depth = mock.Mock(return_value=5)
+    monkeypatch.setattr(dispatch, "queue_waiting", depth)
+    job = make_job(user)
+    now = timezone.now()
+
+    def delivery(n: int, locked_until: datetime | None) -> WebhookDelivery:
+        return WebhookDelivery.objects.create(
+            job=job, n=n, event_type="job.succeeded", webhook_id=f"msg_{n}", url="http://localhost:9/h",
+            payload={}, next_attempt_at=now - timedelta(minutes=10), locked_until=locked_until,
+        )  # fmt: skip
+
+    lost = delivery(1, now - timedelta(minutes=5))  # handed over six minutes ago, never taken
+    due = delivery(2, None)  # never handed over: a retry whose time has come
+    recent = delivery(3, now + timedelta(seconds=50))  # handed over ten seconds ago
+
+    # The queue holds messages: only the delivery never handed over goes.
+    assert webhooks_dispatch_due() == 1 and sent == [due.pk]
+    sent.clear()
+    depth.return_value = 0
+    assert webhooks_dispatch_due() == 0  # the first empty reading
+    cache.set(f"longrun:queue-empty-since:{WEBHOOK_QUEUE}", (now - timedelta(seconds=120)).timestamp())
+    assert webhooks_dispatch_due() == 1 and sent == [lost.pk]
+    recent.refresh_from_db()
+    assert recent.locked_until == now + timedelta(seconds=50)
 
 
 # --- optional events: job.started and job.progress, when a job asks for them ------------------

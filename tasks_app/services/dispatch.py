@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 from celery import current_app
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
@@ -111,6 +113,47 @@ def _publish(jobs: Sequence[Dispatch]) -> int:
             dispatched_at=timezone.now()
         )
     return len(published)
+
+
+def queue_waiting(queue: str) -> int | None:
+    """How many messages wait in a broker queue, not counting those workers have taken; None when
+    the broker cannot say (down). A queue the broker does not know (deleted, flushed) holds none.
+    One cheap call: LLEN per priority band on Redis, a passive declare on RabbitMQ."""
+    try:
+        with current_app.connection_for_read() as connection:
+            channel = connection.channel()
+            try:
+                return int(channel.queue_declare(queue=queue, passive=True).message_count)
+            except connection.channel_errors:
+                return 0
+            finally:
+                channel.close()
+    except Exception as exc:  # kombu raises several unrelated types for a dead broker
+        logger.warning("could not read the depth of queue %s: %s", queue, exc)
+        return None
+
+
+def queue_empty_since(queue: str, *, at_least: float) -> datetime | None:
+    """Read the queue's depth once (the sweep's reading) and return when its current run of empty
+    readings began, if that run has lasted `at_least` seconds; else None. A message published
+    before that moment has been taken by a worker, which claims its row at once, or is lost.
+    Once a run has been reported a new one begins, so a message lost later (while the queue
+    stays empty) is judged by the next run. The run's start is kept in the shared cache, so
+    every sweeper sees the same."""
+    key = f"longrun:queue-empty-since:{queue}"
+    observed_at = timezone.now()
+    waiting = queue_waiting(queue)
+    if waiting is None:
+        return None  # the broker is down: nothing could be published anyway
+    if waiting:
+        cache.delete(key)
+        return None
+    cache.add(key, observed_at.timestamp(), timeout=None)
+    since = datetime.fromtimestamp(cache.get(key, observed_at.timestamp()), tz=UTC)
+    if (observed_at - since).total_seconds() < at_least:
+        return None
+    cache.delete(key)
+    return since
 
 
 def webhooks_dispatch_on_commit(delivery_ids: list[int]) -> None:

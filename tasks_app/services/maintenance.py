@@ -1,9 +1,11 @@
 """The periodic sweep (Celery beat, on the maintenance queue): scheduled jobs whose time has
-come, dispatches that never happened, running jobs whose worker is gone or past its deadline,
-webhook deliveries that are due, old idempotency keys."""
+come, dispatches that never happened, queued jobs whose broker message was lost, running jobs
+whose worker is gone or past its deadline, webhook deliveries that are due, old idempotency
+keys."""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -11,11 +13,13 @@ from django.db import connection, transaction
 from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
-from ..conf import app_settings
+from ..conf import JOB_QUEUE, app_settings
 from ..models import TERMINAL_STATUSES, IdempotencyKey, Job, JobCount, JobCountChange, JobEventKind, JobStatus
 from . import dispatch, webhooks
 from .common import Note, literal
 from .transitions import change_job
+
+logger = logging.getLogger(__name__)
 
 
 def sweep() -> dict[str, int]:
@@ -26,6 +30,7 @@ def sweep() -> dict[str, int]:
         "ended": jobs_enforce_deadlines(),
         "promoted": jobs_promote_scheduled(),
         "dispatched": jobs_dispatch_pending(),
+        "redispatched": jobs_redispatch_stranded(),
         "idempotency_keys_purged": idempotency_keys_purge(),
         "counts_folded": job_counts_fold(),
     }
@@ -82,6 +87,53 @@ def jobs_dispatch_pending(*, older_than: float | None = None, limit: int = 500) 
         .values_list("pk", flat=True)[:limit]
     )
     return dispatch.jobs_dispatch(job_ids=pending) if pending else 0
+
+
+def jobs_redispatch_stranded(*, queue: str = JOB_QUEUE, limit: int = 1000) -> int:
+    """Publish again the queued jobs whose broker message is gone (a Redis restart without
+    persistence, an eviction, a flush, a deleted queue, a message a killed worker had taken but
+    not started, which Redis would only give back after the visibility timeout). Returns how many.
+
+    The broker is asked one thing, how many messages wait in the job queue. A message published
+    before the queue was seen empty has been taken by a worker, which claims its job at once,
+    or is lost. So once the queue has stayed empty for REDISPATCH_AFTER seconds (read at every
+    sweep), a job dispatched before that run of empty readings began and still queued has lost
+    its message (`dispatch.queue_empty_since`). While jobs legitimately wait, the queue is not
+    empty and nothing is re-published, however many they are; a job lost while the queue stays
+    empty is found within about twice REDISPATCH_AFTER. A duplicate from a misjudgement (a
+    worker slower than that between taking a message and claiming its job) is harmless: the
+    claim is conditional. Under continuous load (the queue never empty) a lost message is found
+    once the queue drains: the price of asking the broker for a count, not reading every
+    message."""
+    empty_since = dispatch.queue_empty_since(queue, at_least=app_settings.REDISPATCH_AFTER)
+    if empty_since is None:
+        return 0
+    stranded = Job.objects.filter(status=JobStatus.QUEUED, dispatched_at__lt=empty_since)
+    job_ids = list(stranded.order_by("-priority", "created_at").values_list("pk", flat=True)[:limit])
+    # Each job's history says so; its dispatch is forgotten so that publishing marks it anew.
+    note = Note(JobEventKind.LOG, "Its message was lost by the broker; published again.")
+    recovered = []
+    for job_id in job_ids:
+        job = change_job(
+            job_id,
+            {"status": JobStatus.QUEUED, "dispatched_at__lt": empty_since},
+            event="log",
+            note=note,
+            dispatched_at=None,
+        )
+        if job is not None:  # else claimed or cancelled meanwhile
+            recovered.append(job.pk)
+    if not recovered:
+        return 0
+    published = dispatch.jobs_dispatch(job_ids=recovered)
+    logger.warning(
+        "%d queued job(s) had lost their message in queue %s (empty since %s); published %d again",
+        len(recovered),
+        queue,
+        empty_since.isoformat(timespec="seconds"),
+        published,
+    )
+    return published
 
 
 def jobs_promote_scheduled(*, limit: int = 500) -> int:

@@ -15,7 +15,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from .. import webhooks
-from ..conf import app_settings
+from ..conf import WEBHOOK_QUEUE, app_settings
 from ..exceptions import JobStateError
 from ..models import DeliveryStatus, Job, JobStatus, SigningSecret, WebhookAttempt, WebhookDelivery
 from . import dispatch
@@ -23,6 +23,10 @@ from .common import storable_text
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
+
+# How long a delivery handed to the broker is left to its sender before the sweep may send it
+# again (if its message turns out lost: `webhooks_dispatch_due`).
+QUEUED_HOLD = timedelta(seconds=60)
 
 # The event a final status sends; every job with a callback_url gets it.
 FINAL_EVENTS = {
@@ -72,28 +76,41 @@ def _webhook_outbox(job: Job, job_data: dict[str, Any], event_type: str) -> None
         url=job.callback_url,
         payload={"type": event_type, "timestamp": now.isoformat().replace("+00:00", "Z"), "data": job_data},
         next_attempt_at=now,
-        locked_until=now + timedelta(seconds=60),
+        locked_until=now + QUEUED_HOLD,
     )
     dispatch.webhooks_dispatch_on_commit([delivery.pk])
 
 
 def webhooks_dispatch_due(*, limit: int = 500) -> int:
-    """The sweep's part: pending deliveries that are due and not waiting in the queue already,
-    and deliveries whose sender vanished mid-attempt."""
+    """The sweep's part: pending deliveries that are due and were never handed to the broker (new,
+    or a retry whose time has come), deliveries whose sender vanished mid-attempt, and deliveries
+    whose message was lost: handed over before the webhook queue was seen empty for
+    REDISPATCH_AFTER seconds and still pending (the rule of `maintenance.jobs_redispatch_stranded`,
+    so deliveries waiting behind a busy sender are not sent twice)."""
     now = timezone.now()
     WebhookDelivery.objects.filter(status=DeliveryStatus.SENDING, locked_until__lt=now).update(
         status=DeliveryStatus.PENDING, locked_until=None
     )
+    pending = WebhookDelivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
     due = list(
-        WebhookDelivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
-        .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
+        pending.filter(locked_until__isnull=True)
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[:limit]
     )
-    if not due:
+    handed_over = pending.filter(locked_until__isnull=False)
+    lost: list[int] = []
+    if handed_over.exists():
+        empty_since = dispatch.queue_empty_since(WEBHOOK_QUEUE, at_least=app_settings.REDISPATCH_AFTER)
+        if empty_since is not None:
+            lost = list(
+                handed_over.filter(locked_until__lt=empty_since + QUEUED_HOLD).values_list("pk", flat=True)[
+                    :limit
+                ]
+            )
+    if not due and not lost:
         return 0
-    WebhookDelivery.objects.filter(pk__in=due).update(locked_until=now + timedelta(seconds=60))
-    return dispatch.webhooks_dispatch(delivery_ids=due)
+    WebhookDelivery.objects.filter(pk__in=due + lost).update(locked_until=now + QUEUED_HOLD)
+    return dispatch.webhooks_dispatch(delivery_ids=due + lost)
 
 
 def webhook_claim(*, delivery_id: int) -> WebhookDelivery | None:
@@ -157,9 +174,7 @@ def webhook_redeliver(*, delivery_id: int) -> WebhookDelivery:
         changed = (
             WebhookDelivery.objects.filter(pk=delivery_id)
             .exclude(status=DeliveryStatus.SENDING)
-            .update(
-                status=DeliveryStatus.PENDING, next_attempt_at=now, locked_until=now + timedelta(seconds=60)
-            )
+            .update(status=DeliveryStatus.PENDING, next_attempt_at=now, locked_until=now + QUEUED_HOLD)
         )
         if not changed:
             raise JobStateError("This delivery is being sent right now; try again in a moment.")

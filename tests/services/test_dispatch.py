@@ -1,19 +1,25 @@
-"""`services.dispatch` and the outbox relay (`maintenance.jobs_dispatch_pending`): what reaches
-the broker, when, and what a dead broker leaves for the sweep."""
+"""`services.dispatch`, the outbox relay (`maintenance.jobs_dispatch_pending`) and the recovery of
+lost messages (`maintenance.jobs_redispatch_stranded`): what reaches the broker, when, and what a
+dead or forgetful broker leaves for the sweep."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import timedelta
+from unittest import mock
 
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
+from tasks_app.conf import JOB_QUEUE
 from tasks_app.models import Job, JobStatus
 from tasks_app.services import control, dispatch, maintenance
+from tests.helpers import wait_for, with_longrun
 
-from .helpers import job_in, new_job, row
+from .helpers import history, job_in, new_job, row
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker")]
 
@@ -174,3 +180,178 @@ def test_relay_goes_on_when_a_pending_job_is_cancelled_meanwhile(user, apply_asy
     assert Job.objects.get(pk=first.pk).dispatched_at is not None
     assert Job.objects.get(pk=third.pk).dispatched_at is not None, "the relay stopped at the cancelled job"
     assert maintenance.jobs_dispatch_pending(older_than=0) == 0
+
+
+# --- lost messages: maintenance.jobs_redispatch_stranded -----------------------------------
+
+
+@pytest.fixture
+def depth(monkeypatch):
+    """The broker's answer to "how many messages wait in this queue?" (None: broker down)."""
+    answer = mock.Mock(return_value=0)
+    monkeypatch.setattr(dispatch, "queue_waiting", answer)
+    return answer
+
+
+def dispatched_ago(job, seconds: float) -> None:
+    Job.objects.filter(pk=job.pk).update(dispatched_at=timezone.now() - timedelta(seconds=seconds))
+
+
+def empty_run_began_ago(seconds: float, queue: str = JOB_QUEUE) -> None:
+    """As if the sweep had first found the queue empty `seconds` ago."""
+    key = f"longrun:queue-empty-since:{queue}"
+    cache.set(key, (timezone.now() - timedelta(seconds=seconds)).timestamp(), timeout=None)
+
+
+def test_a_queued_job_whose_message_is_gone_is_published_again(user, apply_async, depth, settings):
+    with_longrun(settings, REDISPATCH_AFTER=60)
+    lost = new_job(user)
+    dispatched_ago(lost, 300)
+    empty_run_began_ago(120)
+    apply_async.reset_mock()
+
+    assert maintenance.jobs_redispatch_stranded() == 1
+    apply_async.assert_called_once()
+    assert apply_async.call_args.kwargs["args"] == [str(lost.pk)]
+    assert row(lost)["dispatched_at"] > timezone.now() - timedelta(seconds=5)
+    assert history(lost)[-1] == (2, "log", JobStatus.QUEUED)
+    assert Job.objects.get(pk=lost.pk).events.last().message == (
+        "Its message was lost by the broker; published again."
+    )
+
+
+def test_nothing_is_published_again_while_the_queue_holds_messages(user, apply_async, depth, settings):
+    """10,000 jobs waiting behind busy workers: the queue is not empty, so no copies."""
+    with_longrun(settings, REDISPATCH_AFTER=60)
+    for job in [new_job(user) for _ in range(20)]:
+        dispatched_ago(job, 3600)
+    empty_run_began_ago(120)  # an earlier run of empty readings ...
+    depth.return_value = 10_000  # ... ended: the queue holds messages now
+    apply_async.reset_mock()
+    for _ in range(5):
+        assert maintenance.jobs_redispatch_stranded() == 0
+    apply_async.assert_not_called()
+    # The run of empty readings starts again from scratch.
+    depth.return_value = 0
+    assert maintenance.jobs_redispatch_stranded() == 0
+    apply_async.assert_not_called()
+
+
+def test_the_queue_must_stay_empty_for_the_setting_before_anything_is_published(
+    user, apply_async, depth, settings
+):
+    with_longrun(settings, REDISPATCH_AFTER=60)
+    job = new_job(user)
+    dispatched_ago(job, 3600)
+    apply_async.reset_mock()
+    assert maintenance.jobs_redispatch_stranded() == 0  # first empty reading: the run begins now
+    empty_run_began_ago(59)
+    assert maintenance.jobs_redispatch_stranded() == 0
+    empty_run_began_ago(61)
+    assert maintenance.jobs_redispatch_stranded() == 1
+
+
+def test_only_queued_jobs_dispatched_before_the_queue_was_seen_empty_are_published_again(
+    user, apply_async, depth, settings
+):
+    with_longrun(settings, REDISPATCH_AFTER=60)
+    before = new_job(user)
+    dispatched_ago(before, 300)
+    after = new_job(user)  # dispatched after the run began: a worker may still be about to take it
+    dispatched_ago(after, 30)
+    undispatched = new_job(user)  # the outbox relay's business, not this
+    Job.objects.filter(pk=undispatched.pk).update(dispatched_at=None)
+    others = [
+        job_in(user, status) for status in (JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
+    ]
+    for job in others:
+        dispatched_ago(job, 300)
+    empty_run_began_ago(120)
+    apply_async.reset_mock()
+
+    assert maintenance.jobs_redispatch_stranded() == 1
+    assert [c.kwargs["args"] for c in apply_async.call_args_list] == [[str(before.pk)]]
+    assert row(undispatched)["dispatched_at"] is None
+
+
+def test_once_judged_a_new_run_of_empty_readings_begins(user, apply_async, depth, settings):
+    """A message lost while the queue stays empty is found by the next run, not never."""
+    with_longrun(settings, REDISPATCH_AFTER=60)
+    empty_run_began_ago(120)
+    assert maintenance.jobs_redispatch_stranded() == 0  # nothing stranded; the run ends here
+    late = new_job(user)
+    dispatched_ago(late, 90)  # dispatched during that run, then lost
+    apply_async.reset_mock()
+    assert maintenance.jobs_redispatch_stranded() == 0  # a new run begins now
+    empty_run_began_ago(61)
+    assert maintenance.jobs_redispatch_stranded() == 1
+    assert apply_async.call_args.kwargs["args"] == [str(late.pk)]
+
+
+def test_a_broker_that_cannot_say_publishes_nothing(user, apply_async, depth, settings):
+    with_longrun(settings, REDISPATCH_AFTER=60)
+    dispatched_ago(new_job(user), 300)
+    empty_run_began_ago(120)
+    depth.return_value = None
+    apply_async.reset_mock()
+    assert maintenance.jobs_redispatch_stranded() == 0
+    apply_async.assert_not_called()
+
+
+def test_the_highest_priority_goes_first_and_the_limit_holds(user, apply_async, depth, settings):
+    with_longrun(settings, REDISPATCH_AFTER=60)
+    jobs = [new_job(user, priority=p) for p in (1, 9, 5)]
+    for job in jobs:
+        dispatched_ago(job, 300)
+    empty_run_began_ago(120)
+    apply_async.reset_mock()
+    assert maintenance.jobs_redispatch_stranded(limit=2) == 2
+    assert [c.kwargs["args"] for c in apply_async.call_args_list] == [[str(jobs[1].pk)], [str(jobs[2].pk)]]
+
+
+def test_queue_waiting_reads_the_real_broker():
+    """Against this session's Redis: a queue nobody declared holds nothing; a message counts."""
+    from project.celery import app
+
+    queue = f"longrun.test-depth-{uuid.uuid4().hex[:8]}"
+    assert dispatch.queue_waiting(queue) == 0
+    with app.connection_for_write() as connection:
+        connection.SimpleQueue(queue).put({"n": 1})
+        try:
+            assert dispatch.queue_waiting(queue) == 1
+        finally:
+            connection.default_channel.queue_delete(queue)
+
+
+def test_queue_waiting_is_none_when_the_broker_is_down(settings):
+    from project.celery import app
+
+    with mock.patch.object(app, "connection_for_read", side_effect=OperationalError("refused")):
+        assert dispatch.queue_waiting(JOB_QUEUE) is None
+
+
+def test_queue_waiting_reads_rabbitmq(monkeypatch):
+    """The same reading on the alternative broker: a passive declare; a deleted queue holds none."""
+    import kombu
+
+    from project.celery import app
+
+    url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    try:
+        with kombu.Connection(url, connect_timeout=2) as probe:
+            probe.ensure_connection(max_retries=1)
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no RabbitMQ at {url}: {exc}")
+    monkeypatch.setattr(app, "connection_for_read", lambda: kombu.Connection(url))
+    queue = f"longrun.test-depth-{uuid.uuid4().hex[:8]}"
+    assert dispatch.queue_waiting(queue) == 0  # not declared: the broker says NOT_FOUND
+    with kombu.Connection(url) as connection:
+        simple = connection.SimpleQueue(queue)
+        simple.put({"n": 1})
+        simple.put({"n": 2})
+        assert wait_for(lambda: dispatch.queue_waiting(queue) == 2, timeout=5, what="two messages")
+        simple.queue.delete()
+        simple.close()
+    assert dispatch.queue_waiting(queue) == 0
