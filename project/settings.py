@@ -326,6 +326,11 @@ LONGRUN: dict[str, Any] = {
     # flush, a killed worker's prefetched message) is published again once the job queue has
     # been seen empty for this long, seconds.
     "REDISPATCH_AFTER": env_float("LONGRUN_REDISPATCH_AFTER", 60.0),
+    # Each worker renews its row every WORKER_HEARTBEAT_SECONDS; one silent for WORKER_LOST_AFTER
+    # seconds is shown lost (and its queues unserved); rows of workers gone that long are dropped.
+    "WORKER_HEARTBEAT_SECONDS": env_float("LONGRUN_WORKER_HEARTBEAT_SECONDS", 10.0),
+    "WORKER_LOST_AFTER": env_float("LONGRUN_WORKER_LOST_AFTER", 30.0),
+    "WORKER_FORGET_AFTER": env_float("LONGRUN_WORKER_FORGET_AFTER", 24 * 3600.0),
     # Minimum seconds between two progress writes of one job (the latest value always lands).
     "PROGRESS_INTERVAL": env_float("LONGRUN_PROGRESS_INTERVAL", 0.25),
     # Default attempts for a new job when the client does not say (at most 20).

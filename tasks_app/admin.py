@@ -27,7 +27,7 @@ from django.utils.translation import ngettext
 from . import registry, selectors
 from .exceptions import JobStateError, JobValidationError
 from .forms import MetadataFilterField
-from .models import DeliveryStatus, Job, JobEvent, JobStatus, WebhookAttempt, WebhookDelivery
+from .models import DeliveryStatus, Job, JobEvent, JobStatus, WebhookAttempt, WebhookDelivery, WorkerNode
 from .services import control
 from .services import webhooks as webhook_state
 
@@ -395,3 +395,33 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
             self.message_user(request, f"Queued {done} delivery(ies) again.", messages.SUCCESS)
         if busy:
             self.message_user(request, f"{busy} could not be: being sent right now.", messages.WARNING)
+
+
+@admin.register(WorkerNode)
+class WorkerNodeAdmin(admin.ModelAdmin):
+    """Read-only: workers write their own rows (`worker.presence`)."""
+
+    list_display = ["name", "state", "host", "pid", "queue_list", "concurrency", "running", "last_seen_at"]
+    search_fields = ["name", "host"]
+    readonly_fields = [f.name for f in WorkerNode._meta.fields]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WorkerNode]:
+        return selectors.workers_with_running_counts()
+
+    @admin.display(description="state")
+    def state(self, node: WorkerNode) -> str:
+        return selectors.worker_state(node).label
+
+    @admin.display(description="queues")
+    def queue_list(self, node: WorkerNode) -> str:
+        return ", ".join(node.queues)
+
+    @admin.display(description="running jobs", ordering="running_jobs")
+    def running(self, node: WorkerNode) -> int:
+        return int(getattr(node, "running_jobs", 0))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

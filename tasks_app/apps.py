@@ -27,6 +27,10 @@ class TasksAppConfig(AppConfig):
 
         user_login_failed.connect(record_failed_login, dispatch_uid="longrun-failed-login")
 
+        from .worker import presence
+
+        presence.connect()
+
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """A misspelt key in settings.LONGRUN would be silently ignored: say so."""

@@ -51,6 +51,10 @@ MAX_WAIT_SECONDS: Final = 30
 JOB_QUEUE: Final = "longrun.jobs"
 MAINTENANCE_QUEUE: Final = "longrun.maintenance"
 WEBHOOK_QUEUE: Final = "longrun.webhooks"
+# How often the Workers page asks for the workers again, seconds.
+WORKERS_REFRESH_SECONDS: Final = 5
+# Every queue Longrun needs a live worker on: jobs, the sweep, webhook deliveries.
+LONGRUN_QUEUES: Final = (JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE)
 
 # Celery task names: the dispatch seam publishes by name, so nothing imports tasks.py to send one.
 RUN_JOB_TASK: Final = "longrun.run_job"
@@ -106,6 +110,11 @@ class AppSettings:
     # A queued job whose broker message is gone is published again once the job queue has been
     # seen empty for this long, seconds (`maintenance.jobs_redispatch_stranded`).
     REDISPATCH_AFTER: float = 60.0
+    # A worker renews its row (`models.WorkerNode`) every WORKER_HEARTBEAT_SECONDS; one silent for
+    # WORKER_LOST_AFTER seconds is shown lost; rows of workers gone for a day are dropped.
+    WORKER_HEARTBEAT_SECONDS: float = 10.0
+    WORKER_LOST_AFTER: float = 30.0
+    WORKER_FORGET_AFTER: float = 24 * 3600.0
     # Minimum seconds between two progress writes of one job (the latest value always lands).
     PROGRESS_INTERVAL: float = 0.25
     # Attempts for a job whose submitter does not say (at most MAX_ATTEMPTS_LIMIT).

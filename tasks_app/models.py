@@ -270,3 +270,31 @@ class JobCountChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.owner_id} {self.type} {self.status} {self.delta:+d}"
+
+
+class WorkerState(models.TextChoices):
+    ONLINE = "online", "Online"
+    LOST = "lost", "Lost"  # stopped answering: killed, or its machine is gone
+    STOPPED = "stopped", "Stopped"  # shut down on purpose
+
+
+class WorkerNode(models.Model):
+    """A Celery worker (one node: a main process and its pool), as it last reported itself.
+    Registered when it is ready, renewed by its heartbeat, marked stopped when it shuts down;
+    one that stops renewing is `lost` (`selectors.worker_state`)."""
+
+    name = models.CharField(max_length=255, unique=True, help_text="The Celery node name, e.g. jobs@host-a.")
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list)
+    concurrency = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "worker"
+
+    def __str__(self) -> str:
+        return self.name

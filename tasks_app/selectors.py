@@ -9,11 +9,12 @@ from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from django.db import connections
-from django.db.models import CharField, Count, QuerySet, Sum, TextField, Value
+from django.db.models import CharField, Count, OuterRef, QuerySet, Subquery, Sum, TextField, Value
 from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast, Replace, TruncMinute
+from django.db.models.functions import Cast, Coalesce, Concat, Replace, TruncMinute
 from django.utils import timezone
 
+from .conf import LONGRUN_QUEUES, app_settings
 from .models import (
     ACTIVE_STATUSES,
     Job,
@@ -23,6 +24,8 @@ from .models import (
     JobId,
     JobStatus,
     WebhookDelivery,
+    WorkerNode,
+    WorkerState,
 )
 
 if TYPE_CHECKING:
@@ -219,3 +222,68 @@ def jobs_with_metadata(jobs: QuerySet[Job], key: str, wanted: str) -> QuerySet[J
         return jobs.filter(metadata__contains={key: wanted})
     value = Cast(KeyTextTransform(key, "metadata"), output_field=TextField())
     return jobs.annotate(_metadata_value=value).filter(_metadata_value=wanted)
+
+
+# --- workers and queues ---------------------------------------------------------------------
+
+
+def worker_state(node: WorkerNode, *, now: datetime | None = None) -> WorkerState:
+    """stopped (shut down on purpose), lost (silent for WORKER_LOST_AFTER) or online."""
+    if node.stopped_at is not None:
+        return WorkerState.STOPPED
+    silent = ((now or timezone.now()) - node.last_seen_at).total_seconds()
+    return WorkerState.LOST if silent > app_settings.WORKER_LOST_AFTER else WorkerState.ONLINE
+
+
+def workers_list() -> list[dict[str, Any]]:
+    """Every known worker with its state and the jobs it is running."""
+    now = timezone.now()
+    running = running_jobs_by_node()
+    return [
+        {
+            "name": node.name,
+            "host": node.host,
+            "pid": node.pid,
+            "queues": node.queues,
+            "concurrency": node.concurrency,
+            "state": worker_state(node, now=now).value,
+            "running": sorted(running.get(node.name, [])),
+            "started_at": node.started_at,
+            "last_seen_at": node.last_seen_at,
+            "stopped_at": node.stopped_at,
+        }
+        for node in WorkerNode.objects.all()
+    ]
+
+
+def running_jobs_by_node() -> dict[str, list[str]]:
+    """The ids of the running jobs, by worker node name (a running job's `worker` is
+    "<node name>:<pid>")."""
+    running: dict[str, list[str]] = {}
+    for job_id, worker in Job.objects.filter(status=JobStatus.RUNNING).values_list("pk", "worker"):
+        running.setdefault(worker.rpartition(":")[0], []).append(str(job_id))
+    return running
+
+
+def workers_with_running_counts() -> QuerySet[WorkerNode]:
+    """Workers annotated with `running_jobs`, counted in the same query (the admin's list)."""
+    running = (
+        Job.objects.filter(status=JobStatus.RUNNING, worker__startswith=Concat(OuterRef("name"), Value(":")))
+        .order_by()
+        .values("status")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return WorkerNode.objects.annotate(running_jobs=Coalesce(Subquery(running), 0))
+
+
+def queue_consumers() -> dict[str, int]:
+    """For every queue Longrun needs and every queue an online worker reads: how many online
+    workers read it (0: nobody serves it)."""
+    now = timezone.now()
+    consumers = dict.fromkeys(LONGRUN_QUEUES, 0)
+    for node in WorkerNode.objects.filter(stopped_at__isnull=True):
+        if worker_state(node, now=now) == WorkerState.ONLINE:
+            for queue in node.queues:
+                consumers[queue] = consumers.get(queue, 0) + 1
+    return consumers

@@ -21,7 +21,7 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from tasks_app.models import Job, JobEvent, JobEventKind, JobStatus
-from tasks_app.services import execution
+from tasks_app.services import execution, workers
 from tests.helpers import cancelled_job, failed_job, make_job, running_job, session_client, succeeded_job
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker")]
@@ -713,3 +713,26 @@ def test_users_are_managed_in_the_admin(root_client, user, django_user_model):
     assert response.status_code == 302, response.content[:3000]
     dave = django_user_model.objects.get(username="dave")
     assert dave.check_password("a-Long-pass-9876")
+
+
+# --- workers ----------------------------------------------------------------------------------
+
+
+def test_the_worker_list_shows_state_queues_and_running_jobs_read_only(root_client, user):
+    workers.worker_register(name="jobs@host-a", host="host-a", pid=11, queues=["longrun.jobs"], concurrency=2)
+    gone = workers.worker_register(name="old@host-b", host="host-b", pid=12, queues=["cpu"], concurrency=1)
+    workers.worker_stopped(name=gone.name, pid=gone.pid)
+    execution.job_claim(job_id=make_job(user).pk, worker="jobs@host-a:99")
+    response = root_client.get("/admin/tasks_app/workernode/")
+    assert response.status_code == 200
+    rows = {
+        name: row
+        for row in re.findall(r"<tr>.*?</tr>", response.content.decode(), re.S)
+        for name in ("jobs@host-a", "old@host-b")
+        if name in row
+    }
+    assert "Online" in rows["jobs@host-a"] and '<td class="field-running">1</td>' in rows["jobs@host-a"]
+    assert "Stopped" in rows["old@host-b"] and '<td class="field-running">0</td>' in rows["old@host-b"]
+    assert root_client.get("/admin/tasks_app/workernode/add/").status_code == 403
+    change = root_client.get(f"/admin/tasks_app/workernode/{gone.pk}/change/")
+    assert change.status_code == 200 and b'name="_save"' not in change.content

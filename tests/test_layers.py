@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "realtime.messages",
             "realtime.sse",
             "realtime.publish",
+            "health",
         ],
     ),
     (
@@ -42,7 +43,16 @@ LAYERS: list[tuple[str, list[str]]] = [
             "services.transitions",
         ],
     ),
-    ("services", ["services.submission", "services.execution", "services.control", "services.maintenance"]),
+    (
+        "services",
+        [
+            "services.submission",
+            "services.execution",
+            "services.control",
+            "services.maintenance",
+            "services.workers",
+        ],
+    ),
     (
         "transports",
         [

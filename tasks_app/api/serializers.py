@@ -22,7 +22,7 @@ from ..conf import (
     PRIORITY_MIN,
     app_settings,
 )
-from ..models import CANCELLABLE_STATUS_CHOICES
+from ..models import CANCELLABLE_STATUS_CHOICES, WorkerState
 from ..serializers import JobSerializer, QueryParams
 
 
@@ -187,6 +187,24 @@ class StatsSerializer(serializers.Serializer):
     by_status = serializers.DictField(child=serializers.IntegerField())
     by_type = serializers.DictField(child=serializers.IntegerField())
     finished_per_minute = StatsMinuteSerializer(many=True)
+
+
+class WorkerSerializer(serializers.Serializer):
+    """A Celery worker as it last reported itself (`selectors.workers_list`)."""
+
+    name = serializers.CharField(help_text="The Celery node name, e.g. jobs@host-a.")
+    host = serializers.CharField()
+    pid = serializers.IntegerField()
+    queues = serializers.ListField(child=serializers.CharField())
+    concurrency = serializers.IntegerField()
+    state = serializers.ChoiceField(
+        choices=WorkerState.choices,
+        help_text="online; lost: silent for LONGRUN_WORKER_LOST_AFTER seconds; stopped: shut down.",
+    )
+    running = serializers.ListField(child=serializers.UUIDField(), help_text="Ids of the jobs it runs.")
+    started_at = serializers.DateTimeField()
+    last_seen_at = serializers.DateTimeField()
+    stopped_at = serializers.DateTimeField(allow_null=True)
 
 
 class ProblemFieldErrorSerializer(serializers.Serializer):

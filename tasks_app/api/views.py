@@ -39,6 +39,7 @@ from .serializers import (
     SigningSecretsSerializer,
     StatsSerializer,
     WebhookDeliverySerializer,
+    WorkerSerializer,
 )
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -346,3 +347,13 @@ class StatsView(ThrottleBeforePermissionsMixin, APIView):
         """Counts per status and per type of the jobs I can see, and jobs finished per minute over
         the last hour (oldest minute first)."""
         return Response(StatsSerializer(selectors.job_stats(request.user)).data)
+
+
+class WorkerListView(ThrottleBeforePermissionsMixin, APIView):
+    @extend_schema(responses={200: WorkerSerializer(many=True), **problems(401, 403, 429)})
+    def get(self, request: Request) -> Response:
+        """Every Celery worker Longrun knows: its queues, concurrency, state (online, lost,
+        stopped) and the jobs it is running. Staff who may view every job only."""
+        if not selectors.sees_every_job(request.user):
+            raise PermissionDenied("Only staff who may view every job (tasks_app.view_job) see the workers.")
+        return Response(WorkerSerializer(selectors.workers_list(), many=True).data)
