@@ -2,11 +2,14 @@
 
 from django.urls import path
 
-from . import views
+from . import health, views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("jobs/<uuid:job_id>/", views.job_detail, name="job-page"),
+    path("workers/", views.workers, name="workers-page"),
     path("accounts/login/", views.LoginView.as_view(), name="login"),
     path("accounts/logout/", views.LogoutView.as_view(), name="logout"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
 ]
