@@ -543,3 +543,52 @@ def test_view_only_staff_get_no_actions_and_repeated_wrong_passwords_pause_sign_
         shot(page, "sign-in-paused")
     finally:
         context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_an_operator_sees_a_queue_without_workers_and_a_worker_getting_lost(
+    chromium, stack, free_tcp_port, staff_user
+):
+    """The dashboard warns about queues no live worker reads; the Workers page lists the real
+    worker and, without a reload, shows it lost once it is killed."""
+    from playwright.sync_api import expect
+
+    from tasks_app.conf import JOB_QUEUE
+
+    stack.env.update({"LONGRUN_WORKER_HEARTBEAT_SECONDS": "0.5", "LONGRUN_WORKER_LOST_AFTER": "2"})
+    worker = stack.start_ready_worker("browsed", queues=[JOB_QUEUE], concurrency=1)
+    stack.start_daphne(free_tcp_port)
+    base = f"http://127.0.0.1:{free_tcp_port}"
+    shot = Shots("workers")
+    problems: list[str] = []
+    context = chromium.new_context(base_url=base, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    try:
+        page.goto("/accounts/login/")
+        page.get_by_label("Username").fill("carol")
+        page.get_by_label("Password").fill("carol-password-123")
+        page.get_by_test_id("login-submit").click()
+        banner = page.get_by_test_id("unserved-queues")
+        expect(banner).to_contain_text("No live worker reads longrun.maintenance, longrun.webhooks")
+        shot(page, "dashboard-warns")
+
+        page.get_by_role("link", name="See the workers").click()
+        expect(page).to_have_url(f"{base}/workers/")
+        row = page.locator('[data-worker^="browsed@"]')
+        expect(row.locator("[data-worker-state]")).to_have_text("Online")
+        queue = page.locator(f'[data-queue="{JOB_QUEUE}"] [data-consumers]')
+        expect(queue).to_have_text("1")
+        page.evaluate("window.__sameDocument = true")
+        shot(page, "workers-online")
+
+        stack.kill(worker)
+        expect(row.locator("[data-worker-state]")).to_have_text("Lost", timeout=20_000)
+        expect(queue).to_have_text("none")
+        assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+        shot(page, "workers-lost")
+        assert problems == []
+    finally:
+        context.close()

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse
@@ -23,7 +24,7 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from .. import registry, selectors
-from ..conf import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN, SNAPSHOT_LIMIT
+from ..conf import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN, SNAPSHOT_LIMIT, WORKERS_REFRESH_SECONDS
 from ..models import Job, JobStatus
 from ..serializers import JobEventSerializer, JobSerializer
 
@@ -77,6 +78,27 @@ def _api_urls() -> dict[str, str]:
     }
 
 
+def _unserved_queues() -> list[str]:
+    """Queues Longrun needs that no live worker reads: their work would wait for ever."""
+    return [queue for queue, count in selectors.queue_consumers().items() if count == 0]
+
+
+@login_required
+def workers(request: HttpRequest) -> HttpResponse:
+    """Every worker and every queue's live consumers; the script refreshes them every few
+    seconds from `GET /api/workers/`."""
+    if not selectors.sees_every_job(request.user):
+        raise PermissionDenied("Only staff who may view every job see the workers.")
+    nodes = selectors.workers_list()
+    config = {"urls": {"workers": reverse("api:workers")}, "refreshSeconds": WORKERS_REFRESH_SECONDS}
+    context = {
+        "workers": nodes,
+        "consumers": sorted(selectors.queue_consumers().items()),
+        "config": config,
+    }
+    return render(request, "tasks_app/workers.html", context)
+
+
 def _parse_uuid(text: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(text.strip())
@@ -124,6 +146,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "urls": _api_urls(),
     }
     context = {
+        "unserved_queues": _unserved_queues(),
         "rows": [{"job": row, "created": parse_datetime(row["created_at"])} for row in rows],
         "is_staff": is_staff,
         "counters": [

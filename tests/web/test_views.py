@@ -16,10 +16,10 @@ from django.conf import settings
 from django.contrib.staticfiles import finders
 from django.test import Client
 
-from tasks_app.conf import SNAPSHOT_LIMIT
+from tasks_app.conf import JOB_QUEUE, LONGRUN_QUEUES, SNAPSHOT_LIMIT
 from tasks_app.models import Job, JobStatus
 from tasks_app.serializers import JobSerializer
-from tasks_app.services import dispatch, submission
+from tasks_app.services import dispatch, submission, workers
 from tests.helpers import session_client
 
 pytestmark = pytest.mark.django_db
@@ -331,3 +331,33 @@ def test_scripts_parse_as_es_modules(tmp_path):
         copy.write_text(source.read_text())
         result = subprocess.run(["node", "--check", str(copy)], capture_output=True, text=True)
         assert result.returncode == 0, f"{source.name}: {result.stderr}"
+
+
+# --- workers ----------------------------------------------------------------------------------
+
+
+def serve_every_queue() -> None:
+    for n, queue in enumerate(LONGRUN_QUEUES):
+        workers.worker_register(name=f"w{n}@h", host="h", pid=100 + n, queues=[queue], concurrency=1)
+
+
+def test_the_dashboard_warns_when_a_queue_has_no_live_worker(browser):
+    workers.worker_register(name="jobs@h", host="h", pid=1, queues=[JOB_QUEUE], concurrency=1)
+    html = browser.get("/").content.decode()
+    assert 'data-testid="unserved-queues"' in html
+    assert "longrun.maintenance, longrun.webhooks" in html
+    assert "Scheduled jobs do not start" in html and "Webhooks are not sent" in html
+    assert "Jobs wait in the queue" not in html
+    serve_every_queue()
+    assert 'data-testid="unserved-queues"' not in browser.get("/").content.decode()
+
+
+def test_the_workers_page_is_for_staff_who_see_every_job(browser, staff_browser, viewing_staff_user):
+    workers.worker_register(name="jobs@host-a", host="host-a", pid=4242, queues=[JOB_QUEUE], concurrency=3)
+    assert browser.get("/workers/").status_code == 403
+    for client in (staff_browser, session_client(viewing_staff_user)):
+        response = client.get("/workers/")
+        assert response.status_code == 200
+        html = response.content.decode()
+        assert 'data-worker="jobs@host-a"' in html and "4242" in html
+        assert page_config(response, "workers-config")["urls"]["workers"] == "/api/workers/"
