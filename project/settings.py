@@ -326,6 +326,9 @@ LONGRUN: dict[str, Any] = {
     # flush, a killed worker's prefetched message) is published again once the job queue has
     # been seen empty for this long, seconds.
     "REDISPATCH_AFTER": env_float("LONGRUN_REDISPATCH_AFTER", 60.0),
+    # Finished jobs older than this many days are deleted by the sweep, with their history and
+    # webhook deliveries (0: kept for ever); `manage.py jobs purge` does it by hand.
+    "RETENTION_DAYS": env_int("LONGRUN_RETENTION_DAYS", 30),
     # Each worker renews its row every WORKER_HEARTBEAT_SECONDS; one silent for WORKER_LOST_AFTER
     # seconds is shown lost (and its queues unserved); rows of workers gone that long are dropped.
     "WORKER_HEARTBEAT_SECONDS": env_float("LONGRUN_WORKER_HEARTBEAT_SECONDS", 10.0),

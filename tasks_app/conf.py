@@ -110,6 +110,9 @@ class AppSettings:
     # A queued job whose broker message is gone is published again once the job queue has been
     # seen empty for this long, seconds (`maintenance.jobs_redispatch_stranded`).
     REDISPATCH_AFTER: float = 60.0
+    # Finished jobs are deleted (with their history and deliveries) this many days after they
+    # ended; 0 keeps them for ever.
+    RETENTION_DAYS: int = 30
     # A worker renews its row (`models.WorkerNode`) every WORKER_HEARTBEAT_SECONDS; one silent for
     # WORKER_LOST_AFTER seconds is shown lost; rows of workers gone for a day are dropped.
     WORKER_HEARTBEAT_SECONDS: float = 10.0

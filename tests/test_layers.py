@@ -51,6 +51,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "services.control",
             "services.maintenance",
             "services.workers",
+            "services.retention",
         ],
     ),
     (

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from ..conf import JOB_QUEUE, app_settings
 from ..models import TERMINAL_STATUSES, IdempotencyKey, Job, JobCount, JobCountChange, JobEventKind, JobStatus
-from . import dispatch, webhooks, workers
+from . import dispatch, retention, webhooks, workers
 from .common import Note, literal
 from .transitions import change_job
 
@@ -33,6 +33,7 @@ def sweep() -> dict[str, int]:
         "redispatched": jobs_redispatch_stranded(),
         "idempotency_keys_purged": idempotency_keys_purge(),
         "counts_folded": job_counts_fold(),
+        "purged": retention.jobs_purge_expired(),
         "workers_forgotten": workers.workers_forget_stopped(older_than=app_settings.WORKER_FORGET_AFTER),
     }
 
