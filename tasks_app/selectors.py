@@ -9,12 +9,12 @@ from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from django.db import connections
-from django.db.models import CharField, Count, OuterRef, QuerySet, Subquery, Sum, TextField, Value
+from django.db.models import CharField, Count, OuterRef, Q, QuerySet, Subquery, Sum, TextField, Value
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Concat, Replace, TruncMinute
 from django.utils import timezone
 
-from .conf import LONGRUN_QUEUES, app_settings
+from .conf import JOB_QUEUE, LONGRUN_QUEUES, app_settings
 from .models import (
     ACTIVE_STATUSES,
     Job,
@@ -27,6 +27,7 @@ from .models import (
     WorkerNode,
     WorkerState,
 )
+from .registry import all_job_types
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -287,3 +288,75 @@ def queue_consumers() -> dict[str, int]:
             for queue in node.queues:
                 consumers[queue] = consumers.get(queue, 0) + 1
     return consumers
+
+
+def queues_overview() -> list[dict[str, Any]]:
+    """Per queue Longrun uses: the job types it carries, how many of its jobs are queued,
+    scheduled and running, how long the oldest queued one has waited, how many finished in the
+    last hour, and how many live workers read it. The counts come from the job counters (a few
+    rows at any table size); the oldest and the last hour from their indexes."""
+    now = timezone.now()
+    totals = dict.fromkeys(JobStatus.values, 0)
+    counts = JobCount.objects.values("status").annotate(total=Sum("n")).order_by()
+    changes = JobCountChange.objects.values("status").annotate(total=Sum("delta")).order_by()
+    for row in counts.union(changes, all=True):
+        totals[row["status"]] = totals.get(row["status"], 0) + row["total"]
+    oldest = (
+        Job.objects.filter(status=JobStatus.QUEUED)
+        .order_by("created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    finished = Job.objects.filter(finished_at__gte=now - timedelta(hours=1)).order_by().count()
+    consumers = queue_consumers()
+    job_queue = {
+        "queue": JOB_QUEUE,
+        "job_types": sorted(job_type.name for job_type in all_job_types()),
+        "queued": totals[JobStatus.QUEUED],
+        "scheduled": totals[JobStatus.SCHEDULED],
+        "running": totals[JobStatus.RUNNING],
+        "oldest_queued_seconds": round((now - oldest).total_seconds(), 1) if oldest else None,
+        "finished_last_hour": finished,
+        "consumers": consumers.get(JOB_QUEUE, 0),
+    }
+    others: list[dict[str, Any]] = [
+        {
+            "queue": queue,
+            "job_types": [],
+            "queued": 0,
+            "scheduled": 0,
+            "running": 0,
+            "oldest_queued_seconds": None,
+            "finished_last_hour": 0,
+            "consumers": count,
+        }
+        for queue, count in sorted(consumers.items())
+        if queue != JOB_QUEUE
+    ]
+    return [job_queue, *others]
+
+
+def job_wait_reason(job: Job) -> str:
+    """Why a job that has not started yet is waiting, in a sentence; "" once it has started."""
+    if job.status == JobStatus.SCHEDULED and job.run_at is not None:
+        return f"Scheduled: it is queued at {timezone.localtime(job.run_at):%Y-%m-%d %H:%M:%S %Z}."
+    if job.status != JobStatus.QUEUED:
+        return ""
+    online = [
+        node
+        for node in WorkerNode.objects.filter(stopped_at__isnull=True)
+        if JOB_QUEUE in node.queues and worker_state(node) == WorkerState.ONLINE
+    ]
+    ahead = (
+        Job.objects.filter(status=JobStatus.QUEUED)
+        .filter(Q(priority__gt=job.priority) | Q(priority=job.priority, created_at__lt=job.created_at))
+        .count()
+    )
+    position = f"{ahead} job{'s' if ahead != 1 else ''} ahead of it"
+    if not online:
+        return f"No live worker reads queue {JOB_QUEUE}: it waits until one starts ({position})."
+    slots = sum(node.concurrency for node in online)
+    running = Job.objects.filter(status=JobStatus.RUNNING).count()
+    if running >= slots:
+        return f"All {slots} worker slots are busy; {position}."
+    return f"Waiting for a worker to take it; {position}."

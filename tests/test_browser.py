@@ -549,10 +549,11 @@ def test_view_only_staff_get_no_actions_and_repeated_wrong_passwords_pause_sign_
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
 def test_an_operator_sees_a_queue_without_workers_and_a_worker_getting_lost(
-    chromium, stack, free_tcp_port, staff_user
+    chromium, stack, free_tcp_port, staff_user, django_capture_on_commit_callbacks
 ):
     """The dashboard warns about queues no live worker reads; the Workers page lists the real
-    worker and, without a reload, shows it lost once it is killed."""
+    worker and, without a reload, shows it lost once it is killed; a job submitted then says
+    why it waits, and runs once a worker starts."""
     from playwright.sync_api import expect
 
     from tasks_app.conf import JOB_QUEUE
@@ -589,6 +590,17 @@ def test_an_operator_sees_a_queue_without_workers_and_a_worker_getting_lost(
         expect(queue).to_have_text("none")
         assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
         shot(page, "workers-lost")
+
+        # A job submitted now waits, and its page says why; once a worker starts, it runs.
+        with django_capture_on_commit_callbacks(execute=True):
+            job = submission.job_create(owner=staff_user, type="sleep", params={"seconds": 0.5, "steps": 2})
+        page.goto(f"/jobs/{job.pk}/")
+        reason = page.get_by_test_id("wait-reason")
+        expect(reason).to_contain_text("No live worker reads queue longrun.jobs")
+        shot(page, "job-waits-for-a-worker")
+        stack.start_ready_worker("rescuer", queues=[JOB_QUEUE], concurrency=1)
+        expect(page.get_by_test_id("job-status")).to_have_text("Succeeded", timeout=30_000)
+        expect(reason).to_be_hidden()
         assert problems == []
     finally:
         context.close()

@@ -207,6 +207,21 @@ class WorkerSerializer(serializers.Serializer):
     stopped_at = serializers.DateTimeField(allow_null=True)
 
 
+class QueueSerializer(serializers.Serializer):
+    """One queue and its work (`selectors.queues_overview`)."""
+
+    queue = serializers.CharField()
+    job_types = serializers.ListField(child=serializers.CharField(), help_text="Job types it carries.")
+    queued = serializers.IntegerField()
+    scheduled = serializers.IntegerField()
+    running = serializers.IntegerField()
+    oldest_queued_seconds = serializers.FloatField(
+        allow_null=True, help_text="How long the oldest queued job has waited; null when none waits."
+    )
+    finished_last_hour = serializers.IntegerField()
+    consumers = serializers.IntegerField(help_text="Live workers reading it; 0: its work waits.")
+
+
 class ProblemFieldErrorSerializer(serializers.Serializer):
     field = serializers.CharField(
         help_text="Dotted path into the body, or a query parameter; empty for the whole request."

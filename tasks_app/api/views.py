@@ -39,6 +39,7 @@ from .serializers import (
     SigningSecretsSerializer,
     StatsSerializer,
     WebhookDeliverySerializer,
+    QueueSerializer,
     WorkerSerializer,
 )
 
@@ -349,11 +350,25 @@ class StatsView(ThrottleBeforePermissionsMixin, APIView):
         return Response(StatsSerializer(selectors.job_stats(request.user)).data)
 
 
+def _staff_who_see_every_job(request: Request, what: str) -> None:
+    if not selectors.sees_every_job(request.user):
+        raise PermissionDenied(f"Only staff who may view every job (tasks_app.view_job) see the {what}.")
+
+
 class WorkerListView(ThrottleBeforePermissionsMixin, APIView):
     @extend_schema(responses={200: WorkerSerializer(many=True), **problems(401, 403, 429)})
     def get(self, request: Request) -> Response:
         """Every Celery worker Longrun knows: its queues, concurrency, state (online, lost,
         stopped) and the jobs it is running. Staff who may view every job only."""
-        if not selectors.sees_every_job(request.user):
-            raise PermissionDenied("Only staff who may view every job (tasks_app.view_job) see the workers.")
+        _staff_who_see_every_job(request, "workers")
         return Response(WorkerSerializer(selectors.workers_list(), many=True).data)
+
+
+class QueueListView(ThrottleBeforePermissionsMixin, APIView):
+    @extend_schema(responses={200: QueueSerializer(many=True), **problems(401, 403, 429)})
+    def get(self, request: Request) -> Response:
+        """Every queue Longrun uses: its job types, queued, scheduled and running jobs, the oldest
+        queued job's wait, jobs finished in the last hour, live workers. Staff who may view
+        every job only."""
+        _staff_who_see_every_job(request, "queues")
+        return Response(QueueSerializer(selectors.queues_overview(), many=True).data)

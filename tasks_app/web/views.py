@@ -89,13 +89,11 @@ def workers(request: HttpRequest) -> HttpResponse:
     seconds from `GET /api/workers/`."""
     if not selectors.sees_every_job(request.user):
         raise PermissionDenied("Only staff who may view every job see the workers.")
-    nodes = selectors.workers_list()
-    config = {"urls": {"workers": reverse("api:workers")}, "refreshSeconds": WORKERS_REFRESH_SECONDS}
-    context = {
-        "workers": nodes,
-        "consumers": sorted(selectors.queue_consumers().items()),
-        "config": config,
+    config = {
+        "urls": {"workers": reverse("api:workers"), "queues": reverse("api:queues")},
+        "refreshSeconds": WORKERS_REFRESH_SECONDS,
     }
+    context = {"workers": selectors.workers_list(), "queues": selectors.queues_overview(), "config": config}
     return render(request, "tasks_app/workers.html", context)
 
 
@@ -188,6 +186,7 @@ def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
         "job": data,
         "job_id_short": str(job.pk)[:8],
         "can_change": selectors.may_change_job(request.user, job),
+        "wait_reason": selectors.job_wait_reason(job),
         "fields": fields,
         "events": events,
         "result_display": _display(data["result"], "json"),

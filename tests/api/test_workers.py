@@ -42,3 +42,12 @@ def test_users_and_staff_without_the_view_permission_may_not(api, django_user_mo
 
 def test_view_only_staff_may(viewing_staff_user, node):
     assert token_client(viewing_staff_user).get("/api/workers/").status_code == 200
+
+
+def test_queues_for_staff_only(staff_api, api, user, node):
+    submission.job_create(owner=user, type="sleep")
+    response = staff_api.get("/api/queues/")
+    assert response.status_code == 200
+    jobs_queue = next(queue for queue in response.json() if queue["queue"] == JOB_QUEUE)
+    assert jobs_queue["queued"] == 1 and jobs_queue["consumers"] == 1
+    assert_problem(api.get("/api/queues/"), 403)

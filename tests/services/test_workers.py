@@ -10,11 +10,11 @@ from django.utils import timezone
 
 from tasks_app import selectors
 from tasks_app.conf import JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE
-from tasks_app.models import WorkerNode, WorkerState
+from tasks_app.models import Job, WorkerNode, WorkerState
 from tasks_app.services import workers
 from tests.helpers import with_longrun
 
-from .helpers import running_job
+from .helpers import new_job, running_job
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker")]
 
@@ -98,3 +98,41 @@ def test_queue_consumers_count_only_online_workers(settings):
     workers.worker_stopped(name=stopped.name, pid=stopped.pid)
     register("d@h", queues=["cpu"])
     assert selectors.queue_consumers() == {JOB_QUEUE: 1, MAINTENANCE_QUEUE: 0, WEBHOOK_QUEUE: 0, "cpu": 1}
+
+
+# --- queues, and why a job waits --------------------------------------------------------------
+
+
+def test_queues_overview_counts_each_status_the_oldest_wait_and_consumers(user):
+    from tasks_app.services import execution
+
+    register("jobs@h", queues=[JOB_QUEUE], concurrency=1)
+    oldest = new_job(user)
+    Job.objects.filter(pk=oldest.pk).update(created_at=timezone.now() - timedelta(seconds=90))
+    new_job(user)
+    running_job(user, worker="jobs@h:1")
+    done = running_job(user, worker="jobs@h:1")
+    execution.job_succeed(job_id=done.pk, worker="jobs@h:1", result={})
+    by_queue = {queue["queue"]: queue for queue in selectors.queues_overview()}
+    jobs_queue = by_queue[JOB_QUEUE]
+    assert (jobs_queue["queued"], jobs_queue["running"], jobs_queue["finished_last_hour"]) == (2, 1, 1)
+    assert 89 <= jobs_queue["oldest_queued_seconds"] < 120
+    assert jobs_queue["consumers"] == 1 and "sleep" in jobs_queue["job_types"]
+    assert by_queue[MAINTENANCE_QUEUE]["consumers"] == 0
+    assert by_queue[WEBHOOK_QUEUE]["job_types"] == []
+
+
+def test_why_a_job_waits(user):
+    first = new_job(user)
+    second = new_job(user)
+    urgent = new_job(user, priority=9)
+    assert selectors.job_wait_reason(second) == (
+        f"No live worker reads queue {JOB_QUEUE}: it waits until one starts (2 jobs ahead of it)."
+    )
+    register("jobs@h", queues=[JOB_QUEUE], concurrency=1)
+    assert selectors.job_wait_reason(urgent) == "Waiting for a worker to take it; 0 jobs ahead of it."
+    running_job(user, worker="jobs@h:1")
+    assert selectors.job_wait_reason(first) == "All 1 worker slots are busy; 1 job ahead of it."
+    scheduled = new_job(user, run_at=timezone.now() + timedelta(hours=1))
+    assert selectors.job_wait_reason(scheduled).startswith("Scheduled: it is queued at ")
+    assert selectors.job_wait_reason(Job.objects.get(status="running")) == ""

@@ -118,6 +118,12 @@ def test_a_signed_in_user_sent_back_to_the_login_page_goes_to_the_dashboard(clie
     assert response.status_code == 302 and response["Location"] == "/"
 
 
+def test_a_waiting_job_page_says_why_it_waits(browser, user):
+    job = make_job(user)
+    html = browser.get(f"/jobs/{job.pk}/").content.decode()
+    assert "No live worker reads queue longrun.jobs" in html and 'data-testid="wait-reason"' in html
+
+
 def test_job_page_offers_cancel_and_retry_only_to_who_may_change_the_job(
     user, viewing_staff_user, staff_user
 ):

@@ -31,6 +31,7 @@ const outcome = {
 };
 // Staff who may only view jobs (Django's view_job permission) get no Cancel / Retry.
 const canChange = page.dataset.canChange === "true";
+const waitReason = page.querySelector("[data-wait-reason]");
 let busy = false;
 let awaitingCancel = false; // a cancel was requested here and the job has not stopped yet
 
@@ -102,6 +103,8 @@ function render() {
   outcome.tracebackBox.hidden = !job.traceback;
   if (job.traceback && !hadTraceback) outcome.tracebackBox.open = true;
 
+  // Why it waits is worked out by the server when the page loads; once it runs, it no longer applies.
+  if (waitReason && !(job.status === "queued" || job.status === "scheduled")) waitReason.hidden = true;
   const active = ACTIVE.has(job.status);
   cancelButton.hidden = !canChange || !active;
   const cancelling = active && Boolean(job.cancel_requested_at);

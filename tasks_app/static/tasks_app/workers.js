@@ -1,11 +1,10 @@
-// The Workers page: the server renders the first view; this asks GET /api/workers/ again every
-// few seconds and redraws both tables (queues' live workers are counted from the same answer).
+// The Workers and queues page: the server renders the first view; this asks GET /api/workers/
+// and GET /api/queues/ again every few seconds and redraws both tables.
 import { api, formatTime, h, localizeTimes, readConfig, statusLabel } from "./common.js";
 
 const config = readConfig("workers-config");
 const workersBody = document.querySelector("[data-workers]");
 const queuesBody = document.querySelector("[data-queues]");
-const requiredQueues = [...queuesBody.querySelectorAll("[data-queue]")].map((row) => row.dataset.queue);
 
 function renderWorkers(workers) {
   if (!workers.length) {
@@ -25,26 +24,24 @@ function renderWorkers(workers) {
   )));
 }
 
-function renderQueues(workers) {
-  const counts = new Map(requiredQueues.map((queue) => [queue, 0]));
-  for (const worker of workers) {
-    if (worker.state !== "online") continue;
-    for (const queue of worker.queues) counts.set(queue, (counts.get(queue) || 0) + 1);
-  }
-  queuesBody.replaceChildren(...[...counts.entries()].sort().map(([queue, count]) =>
-    h("tr", { dataset: { queue } },
-      h("td", {}, h("code", { text: queue })),
-      h("td", { dataset: { consumers: "" } },
-        count ? String(count) : h("span", { class: "badge", dataset: { status: "failed" }, text: "none" })))));
+function renderQueues(queues) {
+  queuesBody.replaceChildren(...queues.map((queue) => h("tr", { dataset: { queue: queue.queue } },
+    h("td", {}, h("code", { text: queue.queue })),
+    h("td", { text: queue.job_types.join(", ") || "—" }),
+    h("td", { dataset: { queued: "" }, text: queue.queued }),
+    h("td", { text: queue.scheduled }),
+    h("td", { text: queue.running }),
+    h("td", { dataset: { oldest: "" }, text: queue.oldest_queued_seconds === null ? "—" : `${Math.round(queue.oldest_queued_seconds)} s` }),
+    h("td", { text: queue.finished_last_hour }),
+    h("td", { dataset: { consumers: "" } },
+      queue.consumers ? String(queue.consumers) : h("span", { class: "badge", dataset: { status: "failed" }, text: "none" })))));
 }
 
 async function refresh() {
   try {
-    const result = await api(config.urls.workers);
-    if (result.ok && Array.isArray(result.data)) {
-      renderWorkers(result.data);
-      renderQueues(result.data);
-    }
+    const [workers, queues] = await Promise.all([api(config.urls.workers), api(config.urls.queues)]);
+    if (workers.ok && Array.isArray(workers.data)) renderWorkers(workers.data);
+    if (queues.ok && Array.isArray(queues.data)) renderQueues(queues.data);
   } catch {
     // Network down: keep what is shown; the next tick tries again.
   }
