@@ -7,6 +7,7 @@ default; each is documented in the README's "Settings" table.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -93,6 +94,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so every log line of the request carries its id (X-Request-ID in and out).
+    "tasks_app.web.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Before anything reads the request: NUL in a URL, query or form is a 400, not a database error.
     "tasks_app.web.middleware.RejectNulMiddleware",
@@ -394,14 +397,37 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
+# JSON lines (one object per line: time, level, logger, message and the bound fields) when the
+# output is not a terminal, plain text when it is; LOG_FORMAT=json|plain decides instead.
+LOG_FORMAT = os.environ.get("LOG_FORMAT") or ("plain" if sys.stderr.isatty() else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "tasks_app.logs.ContextFilter"}},
+    "formatters": {
+        "plain": {
+            "()": "tasks_app.logs.PlainFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        },
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(job_id)s %(job_type)s "
+            "%(attempt)s %(worker)s %(process)d",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+# Celery's workers log through the configuration above (same format, same fields), not their own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 CELERY_TASK_ROUTES = {
     # tasks_app.conf.SWEEP_TASK -> MAINTENANCE_QUEUE

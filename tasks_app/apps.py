@@ -22,10 +22,12 @@ class TasksAppConfig(AppConfig):
         checks.register(check_settings)
 
         from django.contrib.auth.signals import user_login_failed
+        from django.core.signals import request_finished
 
-        from .web.middleware import record_failed_login
+        from .web.middleware import forget_request_id, record_failed_login
 
         user_login_failed.connect(record_failed_login, dispatch_uid="longrun-failed-login")
+        request_finished.connect(forget_request_id, dispatch_uid="longrun-request-id")
 
         from .worker import presence
 

@@ -3,6 +3,7 @@ LONGRUN_JOB_MODULES (tests/bootstrap.py)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -61,3 +62,17 @@ def flaky(ctx, *, succeed_on=3):
     if ctx.attempt < succeed_on:
         raise FlakyError(f"transient failure on attempt {ctx.attempt}")
     return {"attempt": ctx.attempt}
+
+
+@job_type(
+    "chatty",
+    description="Writes a line through Python's logging (which names the job) and succeeds.",
+    params_schema={
+        "type": "object",
+        "properties": {"line": {"type": "string"}},
+        "additionalProperties": False,
+    },
+)
+def chatty(ctx, *, line="hello from a job"):
+    logging.getLogger("tests.chatty").warning(line)
+    return {"logged": line}

@@ -14,7 +14,7 @@ MAX_LINES = 450
 
 # From the bottom up. A module may import modules of its own layer or below, never above.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", ["conf", "exceptions", "cache"]),
+    ("foundation", ["conf", "exceptions", "cache", "logs"]),
     ("models", ["models"]),
     (
         "reads, representation and mechanics",

@@ -36,10 +36,10 @@ from .serializers import (
     JobCreateSerializer,
     JobEventsParams,
     JobTypeSerializer,
+    QueueSerializer,
     SigningSecretsSerializer,
     StatsSerializer,
     WebhookDeliverySerializer,
-    QueueSerializer,
     WorkerSerializer,
 )
 

@@ -1,8 +1,11 @@
-"""Request guards that belong to no single view: NUL characters, and failed sign-ins."""
+"""What belongs to no single view: the request id, and guards against NUL characters and
+failed sign-ins."""
 
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -10,11 +13,37 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 
+from .. import logs
 from ..api.errors import PROBLEM_CONTENT_TYPE, problem
 from ..services.common import NUL_MESSAGE
 from ..throttling import LoginThrottle, client_address
 
 logger = logging.getLogger(__name__)
+
+
+# A caller's X-Request-ID is kept when it is this tame (it ends up in logs); else one is made.
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+
+
+class RequestIdMiddleware:
+    """Every request gets an id: the caller's `X-Request-ID` (a load balancer's or a client's)
+    or a new one. It is on every log line the request writes and in the response's header."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        given = request.headers.get("X-Request-ID", "")
+        request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        logs.bind_until_unbound(request_id=request_id)  # until the request has finished
+        response = self.get_response(request)
+        response["X-Request-ID"] = request_id
+        return response
+
+
+def forget_request_id(**kwargs: Any) -> None:
+    """`request_finished`: the thread's next lines belong to no request."""
+    logs.unbind("request_id")
 
 
 def _nul_field(request: HttpRequest) -> str | None:

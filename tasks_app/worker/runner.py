@@ -14,9 +14,9 @@ import traceback
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from .. import registry
+from .. import logs, registry
 from ..exceptions import JobCancelled, JobLeaseLost
-from ..models import JobId
+from ..models import Job, JobId
 from ..services import execution
 from ..services.common import has_nul
 from .context import JobContext
@@ -46,7 +46,12 @@ def execute_job(job_id: JobId, *, worker: str | None = None, celery_task_id: str
     if job is None:
         logger.info("job %s not claimed (duplicate delivery, cancelled or already running)", job_id)
         return "skipped"
+    # Every line logged while it runs (the job's own code included) names the job.
+    with logs.bound(job_id=str(job.pk), job_type=job.type, attempt=job.attempts, worker=worker):
+        return _run_claimed(job, worker)
 
+
+def _run_claimed(job: Job, worker: str) -> str:
     context = JobContext(job, worker=worker)
     beat = heartbeat()
     beat.watch(context)
