@@ -278,12 +278,15 @@ def workers_with_running_counts() -> QuerySet[WorkerNode]:
     return WorkerNode.objects.annotate(running_jobs=Coalesce(Subquery(running), 0))
 
 
-def queue_consumers() -> dict[str, int]:
+def queue_consumers(*, registered_since: datetime | None = None) -> dict[str, int]:
     """For every queue Longrun needs and every queue an online worker reads: how many online
-    workers read it (0: nobody serves it)."""
+    workers read it (0: nobody serves it); only workers registered since then, if given."""
     now = timezone.now()
     consumers = dict.fromkeys(LONGRUN_QUEUES, 0)
-    for node in WorkerNode.objects.filter(stopped_at__isnull=True):
+    nodes = WorkerNode.objects.filter(stopped_at__isnull=True)
+    if registered_since is not None:
+        nodes = nodes.filter(started_at__gte=registered_since)
+    for node in nodes:
         if worker_state(node, now=now) == WorkerState.ONLINE:
             for queue in node.queues:
                 consumers[queue] = consumers.get(queue, 0) + 1

@@ -1,19 +1,29 @@
-"""Management commands: `createtoken` (print, reuse, rotate a user's API token) and `ensureadmin`
-(create the first superuser, keep its password under VAR_DIR, print the login and a token)."""
+"""Management commands: `createtoken` (print, reuse, rotate a user's API token), `ensureadmin`
+(create the first superuser, keep its password under VAR_DIR, print the login and a token) and
+`runstack` (`make run`)."""
 
 from __future__ import annotations
 
 import io
 import re
+import signal
 import stat
+import subprocess
+import sys
+import time
 
 import pytest
+from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import IntegrityError
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+from tasks_app import selectors
+from tasks_app.conf import LONGRUN_QUEUES
+from tasks_app.stack import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -190,3 +200,38 @@ def test_ensureadmin_with_a_plain_user_named_admin_does_not_crash(var_dir, djang
     # And a second run still finds the superuser it made.
     assert _parse_ensureadmin(run("ensureadmin"))[0] == username
     assert django_user_model.objects.filter(is_superuser=True).count() == 1
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_runstack_says_it_is_running_only_once_every_queue_has_a_ready_worker(process_env, tmp_path):
+    """`make run`'s command, as a person runs it; Ctrl+C (SIGINT) stops everything."""
+    env = {**process_env, "LONGRUN_VAR_DIR": str(tmp_path), "CELERY_WORKER_CONCURRENCY": "1"}
+    env.pop("REDIS_URL", None)  # as on a fresh machine: it starts a Redis of its own
+    runstack = subprocess.Popen(
+        [sys.executable, "manage.py", "runstack", "--port", str(free_port())],
+        cwd=django_settings.BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = runstack.stdout.readline()
+            assert line, "runstack exited:\n" + "".join(lines)
+            lines.append(line)
+            if "Longrun is running" in line:
+                break
+        else:
+            pytest.fail("runstack did not say it was running:\n" + "".join(lines))
+        serving = selectors.queue_consumers()
+        assert all(serving[queue] >= 1 for queue in LONGRUN_QUEUES), serving
+    finally:
+        runstack.send_signal(signal.SIGINT)
+        output, _ = runstack.communicate(timeout=120)
+    assert runstack.returncode == 0, output
+    assert "Stopped." in output

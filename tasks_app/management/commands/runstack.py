@@ -2,12 +2,16 @@ import os
 import signal
 import sys
 import time
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
+from tasks_app import selectors
+from tasks_app.conf import LONGRUN_QUEUES
 from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE, Stack, free_port
 
 
@@ -47,6 +51,7 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
+        started = timezone.now()
         try:
             if not os.environ.get("REDIS_URL"):
                 redis_port = free_port()
@@ -61,6 +66,7 @@ class Command(BaseCommand):
             stack.start_worker("webhooks", queues=[WEBHOOK_QUEUE], pool="threads", concurrency=8)
             stack.start_beat(settings.VAR_DIR / "celerybeat-schedule")
             stack.start_daphne(port, host=host)
+            self._wait_for_workers(stack, since=started)
             base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
             self.stdout.write(self.style.SUCCESS("Longrun is running. Ctrl+C stops it."))
             self.stdout.write(
@@ -87,6 +93,21 @@ class Command(BaseCommand):
             raise
         self.stdout.write("Stopped.")
         sys.stdout.flush()
+
+    def _wait_for_workers(self, stack: Stack, *, since: datetime, timeout: float = 90.0) -> None:
+        """Until every queue has a worker of this run that reported itself ready."""
+        deadline = time.monotonic() + timeout
+        while True:
+            serving = selectors.queue_consumers(registered_since=since)
+            if all(serving.get(queue) for queue in LONGRUN_QUEUES):
+                return
+            for child in stack.children:
+                if child.process.poll() is not None:
+                    raise CommandError(f"{child.name} exited with code {child.process.returncode}; stopping.")
+            if time.monotonic() > deadline:
+                missing = ", ".join(queue for queue in LONGRUN_QUEUES if not serving.get(queue))
+                raise CommandError(f"No worker reported itself ready for {missing} within {timeout:.0f} s.")
+            time.sleep(0.25)
 
     def _stop(self, stack: Stack, grace: float) -> None:
         by_name = {child.name: child for child in stack.children}
