@@ -29,9 +29,10 @@ class TasksAppConfig(AppConfig):
         user_login_failed.connect(record_failed_login, dispatch_uid="longrun-failed-login")
         request_finished.connect(forget_request_id, dispatch_uid="longrun-request-id")
 
-        from .worker import presence
+        from .worker import connections, presence
 
         presence.connect()
+        connections.connect()
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

@@ -4,9 +4,11 @@ Celery beat on a Redis of the test's own, which the test stops and starts."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 import requests
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from tasks_app.models import Job, JobStatus
@@ -242,10 +244,26 @@ def test_restarting_postgresql_while_jobs_run(system, user):
 
     for job_id in ids:
         assert JobEvent.objects.filter(job_id=job_id, kind="status", status="succeeded").count() == 1
-    # Workers keep taking jobs without a restart of their own.
+    # Workers keep taking jobs without a restart of their own, and the sweep keeps running: a
+    # scheduled job is queued by it (its connection was dead after the restart: found by the soak).
     after = requests.post(
         f"{base}/api/jobs/", json={"type": "sleep", "params": {"seconds": 0}}, headers=headers, timeout=10
     ).json()["id"]
+    later = requests.post(
+        f"{base}/api/jobs/",
+        json={
+            "type": "sleep",
+            "params": {"seconds": 0},
+            "run_at": (timezone.now() + timedelta(seconds=2)).isoformat(),
+        },
+        headers=headers,
+        timeout=10,
+    ).json()["id"]
     wait_for(
         lambda: Job.objects.get(pk=after).status == JobStatus.SUCCEEDED, timeout=60, what="a new job to run"
+    )
+    wait_for(
+        lambda: Job.objects.get(pk=later).status == JobStatus.SUCCEEDED,
+        timeout=30,
+        what="the sweep to queue a scheduled job after the restart",
     )
