@@ -158,6 +158,8 @@ def test_restarting_redis_while_a_job_runs(system, user):
         lambda: (j := Job.objects.get(pk=job_id)).is_terminal and j, timeout=120, what="the job to end"
     )
     assert job.status == JobStatus.SUCCEEDED
+    # It ran on through the restart: not killed and run again (Celery's cancel-on-connection-loss).
+    assert job.attempts == 1
     from tasks_app.models import JobEvent
 
     assert JobEvent.objects.filter(job=job, kind="status", status="succeeded").count() == 1
