@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check-deploy bench lint clean
+.PHONY: run test check-deploy bench soak lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ check-deploy: $(VENV)/.runtime-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_publish.py
+
+# A chaos soak: the real stack on a PostgreSQL cluster and Redis of its own, a mixed load for 20
+# minutes while faults are injected (killed and stopped workers, Redis and PostgreSQL restarts),
+# then invariant checks (none lost, stuck, wrong, doubled or inconsistent); see bench/soak.py.
+# SOAK_ARGS="--quick" is the ~3-minute CI variant; --seed N replays a fault schedule.
+soak: $(VENV)/.dev-installed
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) var/*.sqlite3* var/redis var/celerybeat-schedule*
