@@ -57,7 +57,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -703,62 +703,39 @@ class Load:
                 heapq.heappush(self._cancel_queue, (time.monotonic() + rng.uniform(0, within), job_id))
 
     def cancel(self, job_id: str) -> None:
-        unclear = False
-        outcome = "error"
-        for _ in range(30):
-            try:
-                response = self.api.post(f"/api/jobs/{job_id}/cancel/")
-            except requests.RequestException as exc:
-                unclear = True
-                self.ledger.failed_try("POST cancel", type(exc).__name__)
-                time.sleep(1)
-                continue
-            if response.status_code == 200:
-                outcome = "accepted"
-                break
-            if response.status_code == 409:
-                outcome = "ambiguous" if unclear else "refused"
-                break
-            if response.status_code >= 500 or response.status_code == 429:
-                unclear = True
-                self.ledger.failed_try("POST cancel", str(response.status_code))
-                time.sleep(1)
-                continue
-            self.ledger.api_error(f"POST cancel {job_id} -> {response.status_code}: {response.text[:300]}")
-            break
-        else:
-            outcome = "ambiguous"
-        with self.ledger.lock:
-            self.ledger.cancels[job_id] = outcome
+        self.ledger_outcome(self.ledger.cancels, job_id, self._act("cancel", job_id, accepted=200))
 
     def retry(self, job_id: str) -> None:
+        self.ledger_outcome(self.ledger.retries, job_id, self._act("retry", job_id, accepted=202))
+
+    def ledger_outcome(self, book: dict[str, str], job_id: str, outcome: str) -> None:
+        with self.ledger.lock:
+            book[job_id] = outcome
+
+    def _act(self, action: str, job_id: str, *, accepted: int) -> str:
+        """POST /api/jobs/{id}/{action}/ until a clear answer: accepted, refused (409), or
+        ambiguous (a 409 after an unclear try, which may have been the one that worked)."""
         unclear = False
-        outcome = "error"
         for _ in range(30):
             try:
-                response = self.api.post(f"/api/jobs/{job_id}/retry/")
+                response = self.api.post(f"/api/jobs/{job_id}/{action}/")
             except requests.RequestException as exc:
                 unclear = True
-                self.ledger.failed_try("POST retry", type(exc).__name__)
+                self.ledger.failed_try(f"POST {action}", type(exc).__name__)
                 time.sleep(1)
                 continue
-            if response.status_code == 202:
-                outcome = "accepted"
-                break
+            if response.status_code == accepted:
+                return "accepted"
             if response.status_code == 409:
-                outcome = "ambiguous" if unclear else "refused"
-                break
+                return "ambiguous" if unclear else "refused"
             if response.status_code >= 500 or response.status_code == 429:
                 unclear = True
-                self.ledger.failed_try("POST retry", str(response.status_code))
+                self.ledger.failed_try(f"POST {action}", str(response.status_code))
                 time.sleep(1)
                 continue
-            self.ledger.api_error(f"POST retry {job_id} -> {response.status_code}: {response.text[:300]}")
-            break
-        else:
-            outcome = "ambiguous"
-        with self.ledger.lock:
-            self.ledger.retries[job_id] = outcome
+            self.ledger.api_error(f"POST {action} {job_id} -> {response.status_code}: {response.text[:300]}")
+            return "error"
+        return "ambiguous"
 
     # -- the threads --
 
