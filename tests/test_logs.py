@@ -6,14 +6,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+import uuid
 
 import pytest
+from celery import current_app
 from django.test import Client
+from django.utils import timezone
 from pythonjsonlogger.json import JsonFormatter
 
 from tasks_app import logs
-from tasks_app.conf import JOB_QUEUE
-from tasks_app.models import JobStatus
+from tasks_app.conf import RUN_JOB_TASK
+from tasks_app.models import Job, JobStatus
 from tests.helpers import make_job, wait_for
 
 
@@ -91,16 +94,20 @@ def test_every_request_has_an_id_in_its_logs_and_its_response(given, kept):
 
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
-def test_a_workers_json_lines_name_the_job_they_were_written_for(
-    stack, user, django_capture_on_commit_callbacks
-):
+def test_a_workers_json_lines_name_the_job_they_were_written_for(stack, user):
     stack.env["LOG_FORMAT"] = "json"
-    stack.start_ready_worker("logger", queues=[JOB_QUEUE], concurrency=1)
-    with django_capture_on_commit_callbacks(execute=True):
-        job = make_job(user, type="chatty", params={"line": "made by the job"})
-    wait_for(
-        lambda: type(job).objects.get(pk=job.pk).status == JobStatus.SUCCEEDED, timeout=30, what="the job"
+    # A queue of its own, so that no other worker of the session takes the job.
+    queue = f"longrun.test-logs-{uuid.uuid4().hex[:8]}"
+    stack.start_ready_worker("logger", queues=[queue], concurrency=1)
+    job = make_job(user, type="chatty", params={"line": "made by the job"})  # not dispatched: no commit
+    Job.objects.filter(pk=job.pk).update(dispatched_at=timezone.now())  # keep the outbox relay away
+    current_app.send_task(RUN_JOB_TASK, args=[str(job.pk)], queue=queue)
+    done = wait_for(
+        lambda: Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED and Job.objects.get(pk=job.pk),
+        timeout=30,
+        what="the job",
     )
+    assert done.worker.startswith("logger@")
     lines = [
         json.loads(line) for line in stack.log_tail("logger", size=10**6).splitlines() if line.startswith("{")
     ]
