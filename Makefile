@@ -22,6 +22,8 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
 run: $(VENV)/.runtime-installed
 	$(BIN)/python manage.py runstack
 
+# The slow tests (marker `slow`) are left out by default; CI runs them with PYTEST_ARGS="-m slow".
+PYTEST_ARGS ?= -m "not slow"
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

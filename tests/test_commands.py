@@ -203,6 +203,7 @@ def test_ensureadmin_with_a_plain_user_named_admin_does_not_crash(var_dir, djang
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_runstack_says_it_is_running_only_once_every_queue_has_a_ready_worker(process_env, tmp_path):
     """`make run`'s command, as a person runs it; Ctrl+C (SIGINT) stops everything."""

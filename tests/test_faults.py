@@ -166,6 +166,7 @@ def test_a_non_retryable_error_fails_at_once(cluster, user):
     assert done.status == JobStatus.FAILED and done.attempts == 1
 
 
+@pytest.mark.slow
 def test_sigterm_lets_short_jobs_finish_and_gives_long_ones_back(cluster, user):
     cluster.env["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"] = "2"
     first = cluster.start_ready_worker("stopping", queues=[JOB_QUEUE], concurrency=2)

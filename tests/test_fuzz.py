@@ -50,6 +50,9 @@ from tasks_app.realtime.publish import publish_job_message
 from tasks_app.realtime.routing import websocket_urlpatterns
 from tests.helpers import failed_job, make_job, session_client, succeeded_job
 
+# Each example is a request or a socket frame: together a slow test (`make test` leaves it out).
+pytestmark = pytest.mark.slow
+
 EXAMPLES = int(os.environ.get("LONGRUN_FUZZ_EXAMPLES", "60"))
 fuzz_settings = settings(
     max_examples=EXAMPLES,

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import uuid
+from datetime import timedelta
 
 import pytest
 from celery import current_app
@@ -99,8 +100,12 @@ def test_a_workers_json_lines_name_the_job_they_were_written_for(stack, user):
     # A queue of its own, so that no other worker of the session takes the job.
     queue = f"longrun.test-logs-{uuid.uuid4().hex[:8]}"
     stack.start_ready_worker("logger", queues=[queue], concurrency=1)
-    job = make_job(user, type="chatty", params={"line": "made by the job"})  # not dispatched: no commit
-    Job.objects.filter(pk=job.pk).update(dispatched_at=timezone.now())  # keep the outbox relay away
+    # Scheduled for later (so not dispatched), then queued by hand with a dispatch mark (so the
+    # outbox relay leaves it alone), and published to that queue only.
+    job = make_job(
+        user, type="chatty", params={"line": "made by the job"}, run_at=timezone.now() + timedelta(hours=1)
+    )
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.QUEUED, run_at=None, dispatched_at=timezone.now())
     current_app.send_task(RUN_JOB_TASK, args=[str(job.pk)], queue=queue)
     done = wait_for(
         lambda: Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED and Job.objects.get(pk=job.pk),

@@ -184,6 +184,7 @@ def test_a_webhook_delivery_whose_message_is_lost_is_sent_again(system, tmp_path
         server.shutdown()
 
 
+@pytest.mark.slow
 def test_ten_thousand_jobs_waiting_behind_a_busy_worker_are_not_published_again(system):
     """While the queue holds messages nothing is re-published, however long the jobs wait."""
     system.stack.start_ready_worker("worker", queues=[JOB_QUEUE], concurrency=1)

@@ -19,7 +19,7 @@ from tasks_app.models import Job, JobStatus
 from tasks_app.stack import free_port
 from tests.helpers import wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def test_honcho_runs_the_procfile_as_it_is(stack, tmp_path, user):

@@ -179,6 +179,7 @@ def test_restarting_redis_while_a_job_runs(system, user):
 
 
 @pytest.mark.faults
+@pytest.mark.slow
 def test_restarting_postgresql_while_jobs_run(system, user):
     """Jobs end correctly and the API answers again, with nothing restarted but PostgreSQL."""
     import shutil

@@ -37,6 +37,7 @@ def token(user) -> str:
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case, token):
