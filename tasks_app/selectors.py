@@ -293,6 +293,11 @@ def queue_consumers(*, registered_since: datetime | None = None) -> dict[str, in
     return consumers
 
 
+def unserved_queues() -> list[str]:
+    """Queues that no live worker reads: their work waits for ever."""
+    return [queue for queue, count in queue_consumers().items() if not count]
+
+
 def queues_overview() -> list[dict[str, Any]]:
     """Per queue Longrun uses: the job types it carries, how many of its jobs are queued,
     scheduled and running, how long the oldest queued one has waited, how many finished in the

@@ -78,11 +78,6 @@ def _api_urls() -> dict[str, str]:
     }
 
 
-def _unserved_queues() -> list[str]:
-    """Queues Longrun needs that no live worker reads: their work would wait for ever."""
-    return [queue for queue, count in selectors.queue_consumers().items() if count == 0]
-
-
 @login_required
 def workers(request: HttpRequest) -> HttpResponse:
     """Every worker and every queue's live consumers; the script refreshes them every few
@@ -144,7 +139,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "urls": _api_urls(),
     }
     context = {
-        "unserved_queues": _unserved_queues(),
+        "unserved_queues": selectors.unserved_queues(),
         "rows": [{"job": row, "created": parse_datetime(row["created_at"])} for row in rows],
         "is_staff": is_staff,
         "counters": [

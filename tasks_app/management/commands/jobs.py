@@ -135,7 +135,7 @@ class Command(BaseCommand):
                 f"{node['name']:<28} {node['state']:<8} {','.join(node['queues']):<28} "
                 f"{len(node['running'])}/{node['concurrency']} running  last seen {seen}"
             )
-        unserved = [queue for queue, count in selectors.queue_consumers().items() if not count]
+        unserved = selectors.unserved_queues()
         if unserved:
             self.stderr.write(f"No live worker reads: {', '.join(unserved)}")
 
