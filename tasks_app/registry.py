@@ -8,6 +8,9 @@ parameters. Adding one is a single decorated function::
 
 The function receives a `JobContext` and the validated params as keyword arguments; its return
 value (JSON) becomes the job's result and an exception becomes its error.
+
+A type may name its Celery queue (`queue="cpu"`), so that its jobs run only on workers started
+for that queue (`celery -A project worker -Q cpu`); the others go to `conf.JOB_QUEUE`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db.models import Q
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+
+from .conf import JOB_QUEUE, LONGRUN_QUEUES
 
 JobFunction = Callable[..., Any]
 
@@ -33,6 +39,8 @@ class JobType:
     retry_on: tuple[type[BaseException], ...] = ()
     # Default timeout in seconds when the submitter gives none; None means no limit.
     default_timeout: int | None = None
+    # The Celery queue its jobs are published to; workers started for it run them.
+    queue: str = JOB_QUEUE
     validator: Draft202012Validator = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
 
 
@@ -50,10 +58,15 @@ def job_type(
     params_schema: dict[str, Any],
     retry_on: tuple[type[BaseException], ...] = (),
     default_timeout: int | None = None,
+    queue: str = JOB_QUEUE,
 ) -> Callable[[JobFunction], JobFunction]:
-    """Register the decorated function as the job type `name`."""
-    if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+    """Register the decorated function as the job type `name`, its jobs published to `queue`."""
+    if not _is_name(name):
         raise ValueError(f"job type name {name!r}: use letters, digits, '_', '-', '.'")
+    if not _is_name(queue) or len(queue) > 100:
+        raise ValueError(f"job type {name!r}: queue {queue!r}: use up to 100 letters, digits, '_', '-', '.'")
+    if queue in LONGRUN_QUEUES and queue != JOB_QUEUE:
+        raise ValueError(f"job type {name!r}: queue {queue!r} is Longrun's own, not for jobs")
     try:
         Draft202012Validator.check_schema(params_schema)
     except SchemaError as exc:
@@ -71,11 +84,16 @@ def job_type(
             params_schema=params_schema,
             retry_on=tuple(retry_on),
             default_timeout=default_timeout,
+            queue=queue,
             validator=Draft202012Validator(params_schema),
         )
         return func
 
     return register
+
+
+def _is_name(name: str) -> bool:
+    return bool(name) and name.replace("_", "").replace("-", "").replace(".", "").isalnum()
 
 
 def get_job_type(name: str) -> JobType:
@@ -87,6 +105,26 @@ def get_job_type(name: str) -> JobType:
 
 def all_job_types() -> list[JobType]:
     return sorted(_registry.values(), key=lambda jt: jt.name)
+
+
+def queue_of(type_name: str) -> str:
+    """The queue a job of this type is published to; a type no longer registered goes to the
+    default queue, where a worker fails it with a clear error rather than leaving it waiting."""
+    job_type_ = _registry.get(type_name)
+    return job_type_.queue if job_type_ else JOB_QUEUE
+
+
+def job_queues() -> list[str]:
+    """Every queue that carries jobs: the default one first, then those job types name."""
+    return [JOB_QUEUE, *sorted({jt.queue for jt in _registry.values()} - {JOB_QUEUE})]
+
+
+def job_queue_filter(queue: str) -> Q:
+    """The jobs whose type is published to `queue`, as a filter on Job."""
+    routed = {jt.name: jt.queue for jt in _registry.values() if jt.queue != JOB_QUEUE}
+    if queue == JOB_QUEUE:
+        return ~Q(type__in=sorted(routed))
+    return Q(type__in=sorted(name for name, routed_to in routed.items() if routed_to == queue))
 
 
 def validate_params(jt: JobType, params: Any) -> dict[str, list[str]]:

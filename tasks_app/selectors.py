@@ -14,7 +14,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Concat, Replace, TruncMinute
 from django.utils import timezone
 
-from .conf import JOB_QUEUE, LONGRUN_QUEUES, app_settings
+from .conf import LONGRUN_QUEUES, app_settings
 from .models import (
     ACTIVE_STATUSES,
     Job,
@@ -27,7 +27,7 @@ from .models import (
     WorkerNode,
     WorkerState,
 )
-from .registry import all_job_types
+from .registry import all_job_types, job_queue_filter, job_queues, queue_of
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -278,19 +278,27 @@ def workers_with_running_counts() -> QuerySet[WorkerNode]:
     return WorkerNode.objects.annotate(running_jobs=Coalesce(Subquery(running), 0))
 
 
+def required_queues() -> list[str]:
+    """Every queue that needs a live worker: Longrun's own and each one a job type names."""
+    return list(dict.fromkeys([*LONGRUN_QUEUES, *job_queues()]))
+
+
 def queue_consumers(*, registered_since: datetime | None = None) -> dict[str, int]:
     """For every queue Longrun needs and every queue an online worker reads: how many online
     workers read it (0: nobody serves it); only workers registered since then, if given."""
+    consumers = dict.fromkeys(required_queues(), 0)
+    for node in _online_workers(registered_since=registered_since):
+        for queue in node.queues:
+            consumers[queue] = consumers.get(queue, 0) + 1
+    return consumers
+
+
+def _online_workers(*, registered_since: datetime | None = None) -> list[WorkerNode]:
     now = timezone.now()
-    consumers = dict.fromkeys(LONGRUN_QUEUES, 0)
     nodes = WorkerNode.objects.filter(stopped_at__isnull=True)
     if registered_since is not None:
         nodes = nodes.filter(started_at__gte=registered_since)
-    for node in nodes:
-        if worker_state(node, now=now) == WorkerState.ONLINE:
-            for queue in node.queues:
-                consumers[queue] = consumers.get(queue, 0) + 1
-    return consumers
+    return [node for node in nodes if worker_state(node, now=now) == WorkerState.ONLINE]
 
 
 def unserved_queues() -> list[str]:
@@ -302,33 +310,11 @@ def queues_overview() -> list[dict[str, Any]]:
     """Per queue Longrun uses: the job types it carries, how many of its jobs are queued,
     scheduled and running, how long the oldest queued one has waited, how many finished in the
     last hour, and how many live workers read it. The counts come from the job counters (a few
-    rows at any table size); the oldest and the last hour from their indexes."""
+    rows per type at any table size); the oldest and the last hour from their indexes."""
     now = timezone.now()
-    totals = dict.fromkeys(JobStatus.values, 0)
-    counts = JobCount.objects.values("status").annotate(total=Sum("n")).order_by()
-    changes = JobCountChange.objects.values("status").annotate(total=Sum("delta")).order_by()
-    for row in counts.union(changes, all=True):
-        totals[row["status"]] = totals.get(row["status"], 0) + row["total"]
-    oldest = (
-        Job.objects.filter(status=JobStatus.QUEUED)
-        .order_by("created_at")
-        .values_list("created_at", flat=True)
-        .first()
-    )
-    finished = Job.objects.filter(finished_at__gte=now - timedelta(hours=1)).order_by().count()
     consumers = queue_consumers()
-    job_queue = {
-        "queue": JOB_QUEUE,
-        "job_types": sorted(job_type.name for job_type in all_job_types()),
-        "queued": totals[JobStatus.QUEUED],
-        "scheduled": totals[JobStatus.SCHEDULED],
-        "running": totals[JobStatus.RUNNING],
-        "oldest_queued_seconds": round((now - oldest).total_seconds(), 1) if oldest else None,
-        "finished_last_hour": finished,
-        "consumers": consumers.get(JOB_QUEUE, 0),
-    }
-    others: list[dict[str, Any]] = [
-        {
+    overview: dict[str, dict[str, Any]] = {
+        queue: {
             "queue": queue,
             "job_types": [],
             "queued": 0,
@@ -338,10 +324,31 @@ def queues_overview() -> list[dict[str, Any]]:
             "finished_last_hour": 0,
             "consumers": count,
         }
-        for queue, count in sorted(consumers.items())
-        if queue != JOB_QUEUE
-    ]
-    return [job_queue, *others]
+        for queue, count in consumers.items()
+    }
+    for job_type in all_job_types():
+        overview[job_type.queue]["job_types"].append(job_type.name)
+    counts = JobCount.objects.values("type", "status").annotate(total=Sum("n")).order_by()
+    changes = JobCountChange.objects.values("type", "status").annotate(total=Sum("delta")).order_by()
+    for row in counts.union(changes, all=True):
+        if row["status"] in ("queued", "scheduled", "running"):
+            overview[queue_of(row["type"])][row["status"]] += row["total"]
+    last_hour = Job.objects.filter(finished_at__gte=now - timedelta(hours=1))
+    finished = last_hour.values("type").annotate(n=Count("pk")).order_by()
+    for row in finished:
+        overview[queue_of(row["type"])]["finished_last_hour"] += row["n"]
+    for queue in job_queues():
+        oldest = (
+            Job.objects.filter(job_queue_filter(queue), status=JobStatus.QUEUED)
+            .order_by("created_at")
+            .values_list("created_at", flat=True)
+            .first()
+        )
+        if oldest is not None:
+            overview[queue]["oldest_queued_seconds"] = round((now - oldest).total_seconds(), 1)
+    # The queues that carry jobs first, then Longrun's own and any other a worker reads.
+    ordered = dict.fromkeys([*job_queues(), *sorted(overview)])
+    return [overview[queue] for queue in ordered]
 
 
 def job_wait_reason(job: Job) -> str:
@@ -350,21 +357,19 @@ def job_wait_reason(job: Job) -> str:
         return f"Scheduled: it is queued at {timezone.localtime(job.run_at):%Y-%m-%d %H:%M:%S %Z}."
     if job.status != JobStatus.QUEUED:
         return ""
-    online = [
-        node
-        for node in WorkerNode.objects.filter(stopped_at__isnull=True)
-        if JOB_QUEUE in node.queues and worker_state(node) == WorkerState.ONLINE
-    ]
+    queue = queue_of(job.type)
+    in_queue = job_queue_filter(queue)
+    online = [node for node in _online_workers() if queue in node.queues]
     ahead = (
-        Job.objects.filter(status=JobStatus.QUEUED)
+        Job.objects.filter(in_queue, status=JobStatus.QUEUED)
         .filter(Q(priority__gt=job.priority) | Q(priority=job.priority, created_at__lt=job.created_at))
         .count()
     )
     position = f"{ahead} job{'s' if ahead != 1 else ''} ahead of it"
     if not online:
-        return f"No live worker reads queue {JOB_QUEUE}: it waits until one starts ({position})."
+        return f"No live worker reads queue {queue}: it waits until one starts ({position})."
     slots = sum(node.concurrency for node in online)
-    running = Job.objects.filter(status=JobStatus.RUNNING).count()
+    running = Job.objects.filter(in_queue, status=JobStatus.RUNNING).count()
     if running >= slots:
-        return f"All {slots} worker slots are busy; {position}."
+        return f"All {slots} worker slots of queue {queue} are busy; {position}."
     return f"Waiting for a worker to take it; {position}."

@@ -6,7 +6,9 @@ Plain helpers (jobs in a given state, problem-details checks, `wait_for`) are in
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -16,6 +18,7 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from tasks_app import registry
 from tasks_app.services import dispatch
 from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE, free_port
 
@@ -63,6 +66,28 @@ def apply_async(broker):
 def commit(django_capture_on_commit_callbacks):
     """Run the block as if it committed: on-commit callbacks run when the block exits."""
     return lambda: django_capture_on_commit_callbacks(execute=True)
+
+
+@pytest.fixture
+def fresh_registry():
+    """Undo every registration a test makes (added names removed, replaced ones restored)."""
+    before = dict(registry._registry)
+    yield registry._registry
+    for name in set(registry._registry) - set(before):
+        del registry._registry[name]
+    registry._registry.update(before)
+
+
+@pytest.fixture
+def routed_job_types(fresh_registry):
+    """The job types of `tests.routed_job_types` (on queue ROUTED_QUEUE), registered in this
+    process for one test; workers load them through LONGRUN_JOB_MODULES."""
+    module = sys.modules.get("tests.routed_job_types")
+    if module is None:
+        module = importlib.import_module("tests.routed_job_types")
+    elif "routed_echo" not in registry._registry:
+        importlib.reload(module)  # an earlier test's registration was undone
+    return module
 
 
 @pytest.fixture(autouse=True)
@@ -161,7 +186,7 @@ def purge_queues(process_env) -> None:
 
     with app.connection_for_write() as conn:
         channel = conn.default_channel
-        for queue in (JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE):
+        for queue in (JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE, "test.routed"):
             try:
                 channel.queue_purge(queue)
             except Exception:  # a queue that never existed

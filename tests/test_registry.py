@@ -12,16 +12,6 @@ from tasks_app import registry
 from tasks_app.registry import JobType, UnknownJobType, job_type
 
 
-@pytest.fixture
-def fresh_registry():
-    """Undo every registration a test makes (added names removed, replaced ones restored)."""
-    before = dict(registry._registry)
-    yield registry._registry
-    for name in set(registry._registry) - set(before):
-        del registry._registry[name]
-    registry._registry.update(before)
-
-
 def _noop(ctx, **params):
     return None
 
@@ -394,3 +384,46 @@ def test_builtin_schemas_refuse_bad_params(name, params, path):
     errors = registry.validate_params(registry.get_job_type(name), params)
     assert list(errors) == [path]
     assert errors[path]
+
+
+# --- queues ------------------------------------------------------------------------------------
+
+
+def test_a_type_goes_to_the_default_queue_unless_it_names_one(fresh_registry):
+    from tasks_app.conf import JOB_QUEUE
+
+    assert register("test-default-queue", OBJECT).queue == JOB_QUEUE
+    assert register("test-cpu", OBJECT, queue="cpu").queue == "cpu"
+    assert registry.queue_of("test-cpu") == "cpu"
+    assert registry.queue_of("test-no-such-type") == JOB_QUEUE
+    assert registry.job_queues() == [JOB_QUEUE, "cpu"]
+
+
+@pytest.mark.parametrize(
+    ("queue", "reason"),
+    [
+        ("", "use up to 100"),
+        ("has space", "use up to 100"),
+        ("x" * 101, "use up to 100"),
+        ("longrun.maintenance", "Longrun's own"),
+        ("longrun.webhooks", "Longrun's own"),
+    ],
+)
+def test_invalid_queues_are_refused(fresh_registry, queue, reason):
+    with pytest.raises(ValueError, match=reason):
+        register("test-bad-queue", OBJECT, queue=queue)
+    assert "test-bad-queue" not in fresh_registry
+
+
+@pytest.mark.django_db
+def test_job_queue_filter_splits_jobs_by_their_types_queue(fresh_registry, user):
+    from tasks_app.conf import JOB_QUEUE
+    from tasks_app.models import Job
+
+    register("test-cpu", OBJECT, queue="cpu")
+    cpu = Job.objects.create(type="test-cpu", owner=user)
+    default = Job.objects.create(type="sleep", owner=user)
+    unknown = Job.objects.create(type="test-gone", owner=user)
+    assert set(Job.objects.filter(registry.job_queue_filter("cpu"))) == {cpu}
+    assert set(Job.objects.filter(registry.job_queue_filter(JOB_QUEUE))) == {default, unknown}
+    assert not Job.objects.filter(registry.job_queue_filter("nobody-routes-here")).exists()

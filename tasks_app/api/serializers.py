@@ -246,6 +246,7 @@ class JobTypeSerializer(serializers.Serializer):
     name = serializers.CharField()
     description = serializers.CharField()
     params_schema = serializers.JSONField()
+    queue = serializers.CharField(help_text="The Celery queue its jobs go to; a worker must read it.")
 
 
 class WebhookAttemptSerializer(serializers.Serializer):

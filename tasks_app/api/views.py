@@ -313,12 +313,14 @@ class JobViewSet(
 class JobTypeListView(ThrottleBeforePermissionsMixin, APIView):
     @extend_schema(responses={200: JobTypeSerializer(many=True), **problems(401, 429)})
     def get(self, request: Request) -> Response:
-        """Every registered job type with its description and the JSON Schema of its params."""
+        """Every registered job type with its description, the JSON Schema of its params and its
+        queue."""
         types = [
             {
                 "name": job_type.name,
                 "description": job_type.description,
                 "params_schema": job_type.params_schema,
+                "queue": job_type.queue,
             }
             for job_type in registry.all_job_types()
         ]

@@ -21,6 +21,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
+from .. import registry
 from ..conf import DELIVER_WEBHOOK_TASK, PRIORITY_MAX, RUN_JOB_TASK, WEBHOOK_QUEUE, app_settings
 from ..models import Job, JobId, JobStatus
 
@@ -45,26 +46,23 @@ run_job = TaskByName(RUN_JOB_TASK)
 deliver_webhook = TaskByName(DELIVER_WEBHOOK_TASK)
 
 
-# What a job's Celery message needs: its id, priority and timeout.
-Dispatch = tuple[JobId, int, int | None]
+# What a job's Celery message needs: its id, type (which names its queue), priority and timeout.
+Dispatch = tuple[JobId, str, int, int | None]
 
 
 def dispatch_on_commit(job: Job) -> None:
     """Publish a queued job's message once the transaction that queued it has committed."""
-    transaction.on_commit(partial(job_dispatch, job_id=job.pk, priority=job.priority, timeout=job.timeout))
+    transaction.on_commit(partial(_publish, [(job.pk, job.type, job.priority, job.timeout)]))
 
 
 def jobs_dispatch_on_commit(jobs: Sequence[Job]) -> None:
-    rows = [(job.pk, job.priority, job.timeout) for job in jobs]
+    rows = [(job.pk, job.type, job.priority, job.timeout) for job in jobs]
     transaction.on_commit(partial(_publish, rows))
 
 
-def job_dispatch(*, job_id: JobId, priority: int | None = None, timeout: int | None = None) -> bool:
-    """Publish the Celery message for one queued job; see `jobs_dispatch`. With its priority
-    given (a job just queued), the row is not read again."""
-    if priority is None:
-        return jobs_dispatch(job_ids=[job_id]) == 1
-    return _publish([(job_id, priority, timeout)]) == 1
+def job_dispatch(*, job_id: JobId) -> bool:
+    """Publish the Celery message for one queued job; see `jobs_dispatch`."""
+    return jobs_dispatch(job_ids=[job_id]) == 1
 
 
 def jobs_dispatch(*, job_ids: Sequence[JobId]) -> int:
@@ -73,7 +71,9 @@ def jobs_dispatch(*, job_ids: Sequence[JobId]) -> int:
     were published. The sweep's way (`maintenance.jobs_dispatch_pending`)."""
     position = {str(job_id): index for index, job_id in enumerate(job_ids)}
     rows = sorted(
-        Job.objects.filter(pk__in=job_ids, status=JobStatus.QUEUED).values_list("pk", "priority", "timeout"),
+        Job.objects.filter(pk__in=job_ids, status=JobStatus.QUEUED).values_list(
+            "pk", "type", "priority", "timeout"
+        ),
         key=lambda row: position[str(row[0])],
     )
     return _publish(rows)
@@ -87,13 +87,14 @@ def _publish(jobs: Sequence[Dispatch]) -> int:
     published: list[Any] = []
     try:
         with current_app.producer_or_acquire() as producer:
-            for job_id, priority, timeout in jobs:
+            for job_id, type_name, priority, timeout in jobs:
                 limits = {}
                 if timeout:
                     # Soft: the job gets SoftTimeLimitExceeded and may clean up; hard: killed.
                     limits = {"soft_time_limit": timeout, "time_limit": timeout + app_settings.TIMEOUT_GRACE}
                 run_job.apply_async(
                     args=[str(job_id)],
+                    queue=registry.queue_of(type_name),
                     task_id=str(uuid.uuid4()),
                     # kombu's Redis priorities run 0 first; ours run 9 first.
                     priority=PRIORITY_MAX - priority,

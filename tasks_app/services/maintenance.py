@@ -13,7 +13,8 @@ from django.db import connection, transaction
 from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
-from ..conf import JOB_QUEUE, app_settings
+from .. import registry
+from ..conf import app_settings
 from ..models import TERMINAL_STATUSES, IdempotencyKey, Job, JobCount, JobCountChange, JobEventKind, JobStatus
 from . import dispatch, retention, webhooks, workers
 from .common import Note, literal
@@ -91,7 +92,12 @@ def jobs_dispatch_pending(*, older_than: float | None = None, limit: int = 500) 
     return dispatch.jobs_dispatch(job_ids=pending) if pending else 0
 
 
-def jobs_redispatch_stranded(*, queue: str = JOB_QUEUE, limit: int = 1000) -> int:
+def jobs_redispatch_stranded(*, limit: int = 1000) -> int:
+    """`job_queue_redispatch_stranded` for every queue that carries jobs; returns how many."""
+    return sum(job_queue_redispatch_stranded(queue=queue, limit=limit) for queue in registry.job_queues())
+
+
+def job_queue_redispatch_stranded(*, queue: str, limit: int = 1000) -> int:
     """Publish again the queued jobs whose broker message is gone (a Redis restart without
     persistence, an eviction, a flush, a deleted queue, a message a killed worker had taken but
     not started, which Redis would only give back after the visibility timeout). Returns how many.
@@ -110,7 +116,9 @@ def jobs_redispatch_stranded(*, queue: str = JOB_QUEUE, limit: int = 1000) -> in
     empty_since = dispatch.queue_empty_since(queue, at_least=app_settings.REDISPATCH_AFTER)
     if empty_since is None:
         return 0
-    stranded = Job.objects.filter(status=JobStatus.QUEUED, dispatched_at__lt=empty_since)
+    stranded = Job.objects.filter(
+        registry.job_queue_filter(queue), status=JobStatus.QUEUED, dispatched_at__lt=empty_since
+    )
     job_ids = list(stranded.order_by("-priority", "created_at").values_list("pk", flat=True)[:limit])
     # Each job's history says so; its dispatch is forgotten so that publishing marks it anew.
     note = Note(JobEventKind.LOG, "Its message was lost by the broker; published again.")

@@ -648,13 +648,19 @@ def test_job_types_lists_the_built_in_types(api):
     types = {t["name"]: t for t in response.json()}
     assert {"sleep", "primes", "fail"} <= set(types)
     for item in response.json():
-        assert set(item) == {"name", "description", "params_schema"}
+        assert set(item) == {"name", "description", "params_schema", "queue"}
         assert isinstance(item["description"], str) and item["description"]
         assert item["params_schema"]["type"] == "object"
     assert set(types["sleep"]["params_schema"]["properties"]) == {"seconds", "steps"}
     assert set(types["primes"]["params_schema"]["properties"]) == {"n", "chunk"}
     assert "DemoError" in types["fail"]["params_schema"]["properties"]["error"]["enum"]
     assert [t["name"] for t in response.json()] == sorted(types)
+    assert types["sleep"]["queue"] == "longrun.jobs"
+
+
+def test_job_types_name_the_queue_of_a_routed_type(api, routed_job_types):
+    types = {t["name"]: t for t in api.get("/api/job-types/").json()}
+    assert types["routed_echo"]["queue"] == routed_job_types.ROUTED_QUEUE
 
 
 # --- session authentication and CSRF --------------------------------------------------------

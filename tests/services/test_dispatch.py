@@ -37,6 +37,21 @@ def test_dispatch_publishes_and_marks_the_job(user, apply_async):
     assert Job.objects.get(pk=job.pk).dispatched_at is not None
 
 
+def test_a_job_is_published_to_the_queue_its_type_names(user, apply_async, commit, routed_job_types):
+    with commit():
+        routed = new_job(user, type="routed_echo", params={"tag": "x"})
+        plain = new_job(user)
+    queues = {call.kwargs["args"][0]: call.kwargs["queue"] for call in apply_async.call_args_list}
+    assert queues == {str(routed.pk): routed_job_types.ROUTED_QUEUE, str(plain.pk): JOB_QUEUE}
+    # The relay and a re-publish take the same route.
+    apply_async.reset_mock()
+    assert dispatch.jobs_dispatch(job_ids=[routed.pk, plain.pk]) == 2
+    assert [call.kwargs["queue"] for call in apply_async.call_args_list] == [
+        routed_job_types.ROUTED_QUEUE,
+        JOB_QUEUE,
+    ]
+
+
 def test_dispatch_priority_zero_maps_to_broker_priority_nine(user, apply_async):
     job = new_job(user, priority=0)
     dispatch.job_dispatch(job_id=job.pk)
@@ -218,6 +233,24 @@ def test_a_queued_job_whose_message_is_gone_is_published_again(user, apply_async
     assert Job.objects.get(pk=lost.pk).events.last().message == (
         "Its message was lost by the broker; published again."
     )
+
+
+def test_each_job_queue_is_judged_by_its_own_depth(user, apply_async, depth, settings, routed_job_types):
+    """A busy default queue does not hide a routed job whose message is gone, nor the reverse."""
+    with_longrun(settings, REDISPATCH_AFTER=60)
+    routed = new_job(user, type="routed_echo", params={})
+    plain = new_job(user)
+    for job in (routed, plain):
+        dispatched_ago(job, 300)
+    empty_run_began_ago(120, queue=routed_job_types.ROUTED_QUEUE)
+    empty_run_began_ago(120, queue=JOB_QUEUE)
+    depth.side_effect = lambda queue: 0 if queue == routed_job_types.ROUTED_QUEUE else 7
+    apply_async.reset_mock()
+
+    assert maintenance.jobs_redispatch_stranded() == 1
+    assert [call.kwargs["args"] for call in apply_async.call_args_list] == [[str(routed.pk)]]
+    assert apply_async.call_args.kwargs["queue"] == routed_job_types.ROUTED_QUEUE
+    assert {call.args[0] for call in depth.call_args_list} == {JOB_QUEUE, routed_job_types.ROUTED_QUEUE}
 
 
 def test_nothing_is_published_again_while_the_queue_holds_messages(user, apply_async, depth, settings):

@@ -132,7 +132,31 @@ def test_why_a_job_waits(user):
     register("jobs@h", queues=[JOB_QUEUE], concurrency=1)
     assert selectors.job_wait_reason(urgent) == "Waiting for a worker to take it; 0 jobs ahead of it."
     running_job(user, worker="jobs@h:1")
-    assert selectors.job_wait_reason(first) == "All 1 worker slots are busy; 1 job ahead of it."
+    assert selectors.job_wait_reason(first) == (
+        f"All 1 worker slots of queue {JOB_QUEUE} are busy; 1 job ahead of it."
+    )
     scheduled = new_job(user, run_at=timezone.now() + timedelta(hours=1))
     assert selectors.job_wait_reason(scheduled).startswith("Scheduled: it is queued at ")
     assert selectors.job_wait_reason(Job.objects.get(status="running")) == ""
+
+
+def test_a_routed_queue_is_needed_counted_and_explained_on_its_own(user, routed_job_types):
+    routed_queue = routed_job_types.ROUTED_QUEUE
+    register("jobs@h", queues=[JOB_QUEUE], concurrency=1)
+    new_job(user)  # waits in the default queue: not ahead of a routed job
+    routed = new_job(user, type="routed_echo", params={})
+    assert selectors.queue_consumers()[routed_queue] == 0
+    assert routed_queue in selectors.unserved_queues()
+    assert selectors.job_wait_reason(routed) == (
+        f"No live worker reads queue {routed_queue}: it waits until one starts (0 jobs ahead of it)."
+    )
+    by_queue = {queue["queue"]: queue for queue in selectors.queues_overview()}
+    assert by_queue[routed_queue]["job_types"] == ["routed_echo"]
+    assert "routed_echo" not in by_queue[JOB_QUEUE]["job_types"]
+    assert (by_queue[routed_queue]["queued"], by_queue[JOB_QUEUE]["queued"]) == (1, 1)
+    assert by_queue[routed_queue]["oldest_queued_seconds"] is not None
+    # A worker for it: served, and the busy slots counted are that queue's own.
+    register("routed@h", queues=[routed_queue], concurrency=1)
+    running_job(user, worker="jobs@h:1")
+    assert routed_queue not in selectors.unserved_queues()
+    assert selectors.job_wait_reason(routed) == "Waiting for a worker to take it; 0 jobs ahead of it."

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db
 
 def serve(*queues: str) -> None:
     for n, queue in enumerate(queues):
-        workers.worker_register(name=f"w{n}@h", host="h", pid=100 + n, queues=[queue], concurrency=1)
+        workers.worker_register(name=f"w-{queue}@h", host="h", pid=100 + n, queues=[queue], concurrency=1)
 
 
 def test_healthz_is_200_without_a_login_and_checks_nothing_else():
@@ -52,6 +52,16 @@ def test_a_queue_nobody_reads_fails_readiness_and_says_which():
         "detail": "no live worker reads this queue",
     }
     assert checks[f"queue:{JOB_QUEUE}"]["ok"] is True
+
+
+def test_a_queue_a_job_type_names_is_checked_too(routed_job_types):
+    serve(*LONGRUN_QUEUES)
+    routed = f"queue:{routed_job_types.ROUTED_QUEUE}"
+    response = Client().get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"][routed]["ok"] is False
+    serve(routed_job_types.ROUTED_QUEUE)
+    assert Client().get("/readyz").json()["checks"][routed]["ok"] is True
 
 
 def test_a_dead_broker_fails_readiness_without_naming_the_host():

@@ -10,9 +10,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from tasks_app import selectors
-from tasks_app.conf import LONGRUN_QUEUES
-from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE, Stack, free_port
+from tasks_app import registry, selectors
+from tasks_app.stack import MAINTENANCE_QUEUE, WEBHOOK_QUEUE, Stack, free_port
 
 
 class Command(BaseCommand):
@@ -60,7 +59,8 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"  Redis:       {stack.env['REDIS_URL']} (started here, data in var/redis)"
                 )
-            stack.start_worker("worker", queues=[JOB_QUEUE])
+            # One job worker reads every queue job types name (in production each may have its own).
+            stack.start_worker("worker", queues=registry.job_queues())
             stack.start_worker("maintenance", queues=[MAINTENANCE_QUEUE], pool="solo")
             # Webhook deliveries wait on the network: threads, not processes, and their own queue.
             stack.start_worker("webhooks", queues=[WEBHOOK_QUEUE], pool="threads", concurrency=8)
@@ -99,13 +99,14 @@ class Command(BaseCommand):
         deadline = time.monotonic() + timeout
         while True:
             serving = selectors.queue_consumers(registered_since=since)
-            if all(serving.get(queue) for queue in LONGRUN_QUEUES):
+            required = selectors.required_queues()
+            if all(serving.get(queue) for queue in required):
                 return
             for child in stack.children:
                 if child.process.poll() is not None:
                     raise CommandError(f"{child.name} exited with code {child.process.returncode}; stopping.")
             if time.monotonic() > deadline:
-                missing = ", ".join(queue for queue in LONGRUN_QUEUES if not serving.get(queue))
+                missing = ", ".join(queue for queue in required if not serving.get(queue))
                 raise CommandError(f"No worker reported itself ready for {missing} within {timeout:.0f} s.")
             time.sleep(0.25)
 
