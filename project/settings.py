@@ -233,7 +233,12 @@ CHANNEL_LAYERS = {
         # Pub/sub layer: measured ~8x the fan-out throughput of RedisChannelLayer here. Delivery
         # is at-most-once; clients resync from REST using the job version (see README).
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNEL_PREFIX", "longrun")},
+        # Several Redis servers share the load (channels-redis shards group channels over them by
+        # a hash of the name; the workers' publisher shards the same way): CHANNEL_REDIS_URLS.
+        "CONFIG": {
+            "hosts": env_list("CHANNEL_REDIS_URLS", [REDIS_URL]),
+            "prefix": os.environ.get("CHANNEL_PREFIX", "longrun"),
+        },
     }
 }
 

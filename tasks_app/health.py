@@ -11,12 +11,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from celery import current_app
-from django.conf import settings
 from django.db import connection
 
 from . import selectors
+from .realtime import publish
 
 Check = dict[str, Any]
 
@@ -44,15 +43,10 @@ def _broker() -> str:
 
 
 def _channel_layer() -> str:
-    layers: dict[str, Any] = settings.CHANNEL_LAYERS
-    hosts: list[str] = layers["default"]["CONFIG"]["hosts"]
-    for host in hosts:
-        client = redis.Redis.from_url(host, socket_connect_timeout=2, socket_timeout=2)
-        try:
-            client.ping()
-        finally:
-            client.close()
-    return f"{len(hosts)} Redis host(s)"
+    shards = publish.publisher.shards()
+    for shard in shards:
+        shard.client.ping()
+    return f"{len(shards)} Redis host(s)"
 
 
 def _queues() -> dict[str, Check]:

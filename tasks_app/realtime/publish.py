@@ -24,7 +24,9 @@ from typing import Any
 
 import redis
 from channels.layers import get_channel_layer
+from channels_redis.utils import _consistent_hash, decode_hosts
 from django.conf import settings
+from django.core.signals import setting_changed
 
 from ..models import JobId
 
@@ -45,108 +47,151 @@ def owner_group(user_id: Any) -> str:
 _PUBLISH_EACH = "for _, channel in ipairs(KEYS) do redis.call('PUBLISH', channel, ARGV[1]) end"
 
 
+class _Shard:
+    """One Redis of the layer: its client, this process's connection to it, the replies still
+    to read on that connection, and until when it is skipped after a failure."""
+
+    def __init__(self, host: dict[str, Any]) -> None:
+        options = {"socket_connect_timeout": 0.5, "socket_timeout": 2, **host}
+        if "master_name" in options:
+            raise NotImplementedError("live updates: Redis Sentinel hosts are not supported; give addresses")
+        address = options.pop("address", None)
+        self.client = redis.Redis.from_url(address, **options) if address else redis.Redis(**options)
+        self.connection: Any = None
+        self.pid = 0
+        self.unread = 0
+        self.down_until = 0.0
+
+    def writer(self) -> Any:
+        """This process's connection (a forked child opens its own, never its parent's)."""
+        if self.connection is None or self.pid != os.getpid():
+            self.connection = self.client.connection_pool.get_connection()
+            self.pid = os.getpid()
+            self.unread = 0
+        return self.connection
+
+    def read_replies(self) -> None:
+        while self.unread:
+            self.unread -= 1
+            try:
+                self.connection.read_response()
+            except redis.ResponseError as exc:  # the server refused one command: the rest stand
+                logger.warning("live update refused by Redis: %s", exc)
+
+    def discard_connection(self) -> None:
+        if self.connection is not None and self.pid == os.getpid():
+            self.connection.disconnect()
+        self.connection = None
+        self.unread = 0
+
+
 class GroupPublisher:
-    """Sends channel-layer group messages from sync code over one Redis connection per process.
+    """Sends channel-layer group messages from sync code over one Redis connection per process
+    and per Redis of the layer.
 
-    Commands are written without waiting for their replies: the replies of one send are read at
-    the next (by then they have arrived), so a worker or request never waits a round trip on
-    Redis to publish. An error reply is logged and skipped; a broken connection is replaced."""
+    With several Redis hosts (the layer's `hosts` list), each group's channel lives on the host
+    channels-redis picks for it (its own consistent hash, `channels_redis.utils._consistent_hash`,
+    so Daphne subscribes where this publishes); a message for groups on two hosts is one command
+    on each. Commands are written without waiting for their replies: the replies of one send are
+    read at the next (by then they have arrived), so a worker or request never waits a round
+    trip on Redis to publish. An error reply is logged and skipped; a broken connection is
+    replaced, and that host alone is skipped for a moment."""
 
-    # After a failure, skip publishing for this long instead of paying a connect timeout per event.
+    # After a failure, skip a host for this long instead of paying a connect timeout per event.
     BACKOFF_SECONDS = 2.0
 
     def __init__(self, alias: str = "default") -> None:
         self.alias = alias
-        self._client: redis.Redis | None = None
+        self._shards: list[_Shard] | None = None
         self._lock = threading.Lock()
-        self._down_until = 0.0
-        self._connection: Any = None
-        self._pid = 0
-        self._unread = 0
 
     def _config(self) -> dict[str, Any]:
         layers: dict[str, Any] = settings.CHANNEL_LAYERS
         config: dict[str, Any] = layers[self.alias].get("CONFIG", {})
         return config
 
-    def _redis(self) -> redis.Redis:
-        if self._client is None:
-            hosts = self._config().get("hosts") or ["redis://127.0.0.1:6379/0"]
-            if len(hosts) != 1:
-                raise NotImplementedError("GroupPublisher supports a single Redis host")
-            host = hosts[0]
-            url = host if isinstance(host, str) else host["address"]
-            self._client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2)
-        return self._client
+    def shards(self) -> list[_Shard]:
+        if self._shards is None:
+            self._shards = [_Shard(host) for host in decode_hosts(self._config().get("hosts"))]
+        return self._shards
 
-    def _writer(self) -> Any:
-        """This process's connection (a forked child opens its own, never its parent's)."""
-        if self._connection is None or self._pid != os.getpid():
-            self._connection = self._redis().connection_pool.get_connection()
-            self._pid = os.getpid()
-            self._unread = 0
-        return self._connection
+    def forget_hosts(self) -> None:
+        with self._lock:
+            for shard in self._shards or []:
+                shard.discard_connection()
+            self._shards = None
 
     def channel_name(self, group: str) -> str:
         # Mirrors RedisPubSubLoopLayer._get_group_channel_name (covered by the publish tests).
         return f"{self._config().get('prefix', 'asgi')}__group__{group}"
 
+    def shard_index(self, channel: str) -> int:
+        return _consistent_hash(channel, len(self.shards()))
+
     def send(self, groups: list[str], message: dict[str, Any]) -> bool:
-        """Publish `message` to every group (one command: a script that publishes it on each
-        group's channel). Returns False if it was dropped."""
+        """Publish `message` to every group (one command per Redis host: a script that
+        publishes it on each of that host's group channels). Returns False if it was dropped
+        (on any host)."""
         return self.send_many([(groups, message)])
 
     def send_many(self, batch: list[tuple[list[str], dict[str, Any]]]) -> bool:
-        """Publish several messages, in order, in one write."""
-        if time.monotonic() < self._down_until:
-            return False
+        """Publish several messages, in order, in one write per Redis host."""
         layer = get_channel_layer(self.alias)
-        commands = []
+        shards = self.shards()
+        commands: list[list[tuple[Any, ...]]] = [[] for _ in shards]
         for groups, message in batch:
-            channels = [self.channel_name(group) for group in groups]
-            commands.append(("EVAL", _PUBLISH_EACH, len(channels), *channels, layer.serialize(message)))
+            by_shard: dict[int, list[str]] = {}
+            for group in groups:
+                channel = self.channel_name(group)
+                by_shard.setdefault(self.shard_index(channel), []).append(channel)
+            payload = layer.serialize(message)
+            for index, channels in by_shard.items():
+                commands[index].append(("EVAL", _PUBLISH_EACH, len(channels), *channels, payload))
+        delivered = True
+        now = time.monotonic()
         with self._lock:
-            try:
-                connection = self._writer()
-                self._read_replies(connection)
-                connection.send_packed_command(connection.pack_commands(commands), check_health=False)
-                self._unread += len(commands)
-            except (redis.RedisError, OSError) as exc:
-                self._discard_connection()
-                return self._dropped(exc)
-        self._down_until = 0.0
-        return True
+            for shard, shard_commands in zip(shards, commands, strict=True):
+                if not shard_commands:
+                    continue
+                if now < shard.down_until:
+                    delivered = False
+                    continue
+                try:
+                    connection = shard.writer()
+                    shard.read_replies()
+                    connection.send_packed_command(
+                        connection.pack_commands(shard_commands), check_health=False
+                    )
+                    shard.unread += len(shard_commands)
+                    shard.down_until = 0.0
+                except (redis.RedisError, OSError) as exc:
+                    shard.discard_connection()
+                    shard.down_until = time.monotonic() + self.BACKOFF_SECONDS
+                    logger.warning("live update dropped, Redis unreachable: %s", exc)
+                    delivered = False
+        return delivered
 
     def flush(self) -> None:
         """Read the replies still outstanding (tests, and a process about to exit)."""
         with self._lock:
-            if self._connection is not None and self._pid == os.getpid():
-                try:
-                    self._read_replies(self._connection)
-                except (redis.RedisError, OSError):
-                    self._discard_connection()
-
-    def _read_replies(self, connection: Any) -> None:
-        while self._unread:
-            self._unread -= 1
-            try:
-                connection.read_response()
-            except redis.ResponseError as exc:  # the server refused one command: the rest stand
-                logger.warning("live update refused by Redis: %s", exc)
-
-    def _discard_connection(self) -> None:
-        if self._connection is not None and self._pid == os.getpid():
-            self._connection.disconnect()
-        self._connection = None
-        self._unread = 0
-
-    def _dropped(self, exc: Exception) -> bool:
-        self._down_until = time.monotonic() + self.BACKOFF_SECONDS
-        logger.warning("live update dropped, Redis unreachable: %s", exc)
-        return False
+            for shard in self._shards or []:
+                if shard.connection is not None and shard.pid == os.getpid():
+                    try:
+                        shard.read_replies()
+                    except (redis.RedisError, OSError):
+                        shard.discard_connection()
 
 
 publisher = GroupPublisher()
+
+
+def _forget_hosts(*, setting: str, **kwargs: Any) -> None:
+    """A changed CHANNEL_LAYERS (tests) takes effect at the next publish, as in channels."""
+    if setting == "CHANNEL_LAYERS":
+        publisher.forget_hosts()
+
+
+setting_changed.connect(_forget_hosts)
 
 
 def _groups(owner_id: Any, message: dict[str, Any]) -> list[str]:

@@ -4,14 +4,17 @@ subscriber (what the WebSocket consumers use) receives what services publish, in
 from __future__ import annotations
 
 import asyncio
+import os
 from unittest import mock
 
 import pytest
+import redis
 from channels.layers import get_channel_layer
 
 from tasks_app.realtime import publish as events
 from tasks_app.realtime.publish import GroupPublisher, job_group, owner_group
 from tasks_app.services import execution, submission
+from tasks_app.stack import Stack, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -102,7 +105,7 @@ def test_publisher_keeps_one_connection_for_many_events():
     publisher = GroupPublisher()
     for n in range(200):
         assert publisher.send([job_group("conn-test")], {"type": "job.event", "n": n})
-    pool = publisher._redis().connection_pool
+    pool = publisher.shards()[0].client.connection_pool
     assert len(pool._available_connections) + len(pool._in_use_connections) == 1
 
 
@@ -115,6 +118,68 @@ def test_an_unreachable_redis_drops_the_message_quickly_and_backs_off(settings):
     }
     publisher = GroupPublisher()
     assert publisher.send(["g"], {"type": "job.event"}) is False
-    with mock.patch.object(publisher, "_redis") as client:
+    with mock.patch.object(publisher.shards()[0], "writer") as connect:
         assert publisher.send(["g"], {"type": "job.event"}) is False
-        client.assert_not_called()  # backing off: no new connection attempt per event
+        connect.assert_not_called()  # backing off: no new connection attempt per event
+
+
+# --- several Redis hosts ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_redis(tmp_path):
+    """Two Redis servers of the test's own, the channel layer configured with both."""
+    stack = Stack(env=dict(os.environ), cwd=tmp_path, log_dir=tmp_path / "logs")
+    ports = [free_port(), free_port()]
+    servers = [stack.start_redis(port, tmp_path / f"redis-{port}", persistent=False) for port in ports]
+    yield stack, servers, [f"redis://127.0.0.1:{port}/0" for port in ports]
+    stack.stop_all()
+
+
+def layer_on(settings, hosts: list[str]) -> None:
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": hosts, "prefix": "two-hosts"},
+        }
+    }
+
+
+def test_with_two_redis_hosts_every_group_gets_its_messages_from_the_host_daphne_reads(settings, two_redis):
+    _stack, _servers, urls = two_redis
+    layer_on(settings, urls)
+    publisher = GroupPublisher()
+    groups = [f"jobs.job.{n}" for n in range(12)]
+    # The groups spread over both hosts (channels-redis's own hash decides), so both are used.
+    assert {publisher.shard_index(publisher.channel_name(group)) for group in groups} == {0, 1}
+    message = {"type": "job.event", "event": "status", "version": 3}
+
+    got = asyncio.run(
+        _collect(groups, lambda: publisher.send(groups, message), until=lambda r: len(r) >= len(groups))
+    )
+    assert got == [message] * len(groups)  # one per group the subscriber joined, none lost
+    for url in urls:  # each host carried its own share (a message on the wrong host is never seen)
+        assert redis.Redis.from_url(url).info("commandstats")["cmdstat_eval"]["calls"] >= 1
+
+
+def test_one_redis_host_down_drops_only_what_lives_there(settings, two_redis):
+    stack, servers, urls = two_redis
+    layer_on(settings, urls)
+    publisher = GroupPublisher()
+    on_host = {0: [], 1: []}
+    for n in range(40):
+        group = f"jobs.owner.{n}"
+        on_host[publisher.shard_index(publisher.channel_name(group))].append(group)
+    stack.stop(servers[1])
+    message = {"type": "job.event", "n": 1}
+
+    assert publisher.send([on_host[1][0]], message) is False
+    assert publisher.send([on_host[0][0]], message) is True  # the live host is not held back
+    listener = redis.Redis.from_url(urls[0]).pubsub()
+    listener.subscribe(publisher.channel_name(on_host[0][1]))
+    assert listener.get_message(timeout=5)["type"] == "subscribe"
+    assert publisher.send([on_host[0][1], on_host[1][1]], message) is False  # half of it dropped ...
+    received = listener.get_message(timeout=5)
+    assert received is not None and received["type"] == "message"  # ... the live host's half not
+    assert get_channel_layer().deserialize(received["data"]) == message
+    listener.close()
