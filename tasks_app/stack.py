@@ -173,9 +173,9 @@ class Stack:
         ]
         return self.start("beat", argv)
 
-    def start_daphne(self, port: int, *, host: str = "127.0.0.1") -> Child:
+    def start_daphne(self, port: int, *, host: str = "127.0.0.1", name: str = "daphne") -> Child:
         argv = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "project.asgi:application"]
-        child = self.start("daphne", argv)
+        child = self.start(name, argv)
         wait_for_port(port, host=host, process=child.process, timeout=60)
         return child
 
