@@ -366,6 +366,8 @@ LONGRUN: dict[str, Any] = {
     # The OpenAPI schema (/api/schema/) and Swagger UI (/api/docs/) need a login, like the rest
     # of the API, unless this makes both public.
     "PUBLIC_API_DOCS": env_bool("LONGRUN_PUBLIC_API_DOCS", False),
+    # Bearer token for GET /metrics (Prometheus); empty: only staff sessions may read it.
+    "METRICS_TOKEN": os.environ.get("LONGRUN_METRICS_TOKEN", ""),
 }
 
 # --- REST framework ---------------------------------------------------------------------------

@@ -56,6 +56,12 @@ WORKERS_REFRESH_SECONDS: Final = 5
 # Every queue Longrun needs a live worker on: jobs, the sweep, webhook deliveries.
 LONGRUN_QUEUES: Final = (JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE)
 
+# Prometheus histogram buckets, seconds: from submission (or run_at) to start, and from start to end.
+QUEUE_WAIT_BUCKETS: Final = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
+RUN_TIME_BUCKETS: Final = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0)
+# An ASGI process refreshes its count of open connections this often; it expires after 3 misses.
+CONNECTIONS_REFRESH_SECONDS: Final = 15.0
+
 # Celery task names: the dispatch seam publishes by name, so nothing imports tasks.py to send one.
 RUN_JOB_TASK: Final = "longrun.run_job"
 SWEEP_TASK: Final = "longrun.sweep"
@@ -135,6 +141,8 @@ class AppSettings:
     TRUSTED_PROXIES: int = 0
     # Whether the OpenAPI schema and Swagger UI are served without a login.
     PUBLIC_API_DOCS: bool = False
+    # The bearer token a Prometheus scraper sends to `GET /metrics` ("": staff sessions only).
+    METRICS_TOKEN: str = ""
 
     def __getattribute__(self, name: str) -> Any:
         if name.isupper():

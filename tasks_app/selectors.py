@@ -167,14 +167,20 @@ def job_cancel_requested(job_id: JobId) -> bool:
 
 
 def job_counts(user: Viewer) -> dict[tuple[str, str], int]:
-    """How many jobs `user` may see, per (type, status): the counters and the changes not
-    folded into them yet, read in one statement (one snapshot), so the sum is exact."""
+    """How many jobs `user` may see, per (type, status) (`job_totals`)."""
     if not user.is_authenticated:
         return {}
+    return job_totals(owner_id=None if sees_every_job(user) else user.pk)
+
+
+def job_totals(*, owner_id: int | None = None) -> dict[tuple[str, str], int]:
+    """How many jobs there are, per (type, status), of one owner or of everyone: the counters
+    and the changes not folded into them yet, read in one statement (one snapshot), so the sum
+    is exact."""
     counts = JobCount.objects.values("type", "status").annotate(total=Sum("n")).order_by()
     changes = JobCountChange.objects.values("type", "status").annotate(total=Sum("delta")).order_by()
-    if not sees_every_job(user):
-        counts, changes = counts.filter(owner_id=user.pk), changes.filter(owner_id=user.pk)
+    if owner_id is not None:
+        counts, changes = counts.filter(owner_id=owner_id), changes.filter(owner_id=owner_id)
     totals: dict[tuple[str, str], int] = {}
     for row in counts.union(changes, all=True):
         key = (row["type"], row["status"])
@@ -328,11 +334,9 @@ def queues_overview() -> list[dict[str, Any]]:
     }
     for job_type in all_job_types():
         overview[job_type.queue]["job_types"].append(job_type.name)
-    counts = JobCount.objects.values("type", "status").annotate(total=Sum("n")).order_by()
-    changes = JobCountChange.objects.values("type", "status").annotate(total=Sum("delta")).order_by()
-    for row in counts.union(changes, all=True):
-        if row["status"] in ("queued", "scheduled", "running"):
-            overview[queue_of(row["type"])][row["status"]] += row["total"]
+    for (type_name, status), n in job_totals().items():
+        if status in ("queued", "scheduled", "running"):
+            overview[queue_of(type_name)][status] += n
     last_hour = Job.objects.filter(finished_at__gte=now - timedelta(hours=1))
     finished = last_hour.values("type").annotate(n=Count("pk")).order_by()
     for row in finished:

@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "realtime.sse",
             "realtime.publish",
             "health",
+            "metrics",
         ],
     ),
     (

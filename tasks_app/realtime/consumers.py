@@ -17,7 +17,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from .. import selectors
+from .. import metrics, selectors
 from ..conf import SNAPSHOT_LIMIT
 from ..models import Job
 from . import messages
@@ -67,12 +67,14 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
         self.bad_requests = 0
         self.wakeup = asyncio.Event()
         await self.accept()
+        metrics.connections.opened("websocket")
         self.sender = asyncio.create_task(self._send_pending())
 
     async def disconnect(self, code: int) -> None:
         sender = getattr(self, "sender", None)
-        if sender is not None:
+        if sender is not None:  # it was accepted (and counted)
             sender.cancel()
+            metrics.connections.closed("websocket")
         for group in getattr(self, "groups_joined", ()):
             with contextlib.suppress(Exception):
                 await self.channel_layer.group_discard(group, self.channel_name)

@@ -42,7 +42,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from .. import polling, selectors
+from .. import metrics, polling, selectors
 from ..conf import SNAPSHOT_LIMIT
 from ..models import TERMINAL_STATUSES, Job
 from ..throttling import API_THROTTLES
@@ -275,35 +275,36 @@ async def job_stream(request: HttpRequest, send: Send, *, pk: str) -> Outcome:
         if opening is None:
             return DEFER
         job, frames = opening
-        await _stream_headers(send)
-        await _send_chunk(send, b"".join(frames))
-        if job["status"] in TERMINAL_STATUSES:
-            await _send_chunk(send, b"", more=False)
-            return None
-        sent = job["version"]
-        last_check = time.monotonic()
-        while True:
-            message = await _next_message(updates, HEARTBEAT_SECONDS)
-            chunk = sse.comment("keep-alive") if message is None else b""
-            if message is not None and message["version"] > sent:
-                sent = message["version"]
-                chunk = sse.frame(id=sent, event="job", data=messages.client_job(message))
-            elif time.monotonic() - last_check > RECHECK_SECONDS:
-                # The channel layer is at-most-once: now and then, ask the row itself.
-                last_check = time.monotonic()
-                current = await _visible_version(user, pk)
-                fresh = await _visible_job(user, pk) if current is not None and current > sent else None
-                if fresh is not None:
-                    message = {"job": messages.job_data(fresh)}
-                    sent = message["job"]["version"]
-                    chunk = sse.frame(
-                        id=sent, event="job", data=messages.stream_job(message["job"], "resync")
-                    )
-            if chunk:
-                await _send_chunk(send, chunk)
-            if message is not None and message["job"]["status"] in TERMINAL_STATUSES:
+        with metrics.connections.open("sse"):
+            await _stream_headers(send)
+            await _send_chunk(send, b"".join(frames))
+            if job["status"] in TERMINAL_STATUSES:
                 await _send_chunk(send, b"", more=False)
                 return None
+            sent = job["version"]
+            last_check = time.monotonic()
+            while True:
+                message = await _next_message(updates, HEARTBEAT_SECONDS)
+                chunk = sse.comment("keep-alive") if message is None else b""
+                if message is not None and message["version"] > sent:
+                    sent = message["version"]
+                    chunk = sse.frame(id=sent, event="job", data=messages.client_job(message))
+                elif time.monotonic() - last_check > RECHECK_SECONDS:
+                    # The channel layer is at-most-once: now and then, ask the row itself.
+                    last_check = time.monotonic()
+                    current = await _visible_version(user, pk)
+                    fresh = await _visible_job(user, pk) if current is not None and current > sent else None
+                    if fresh is not None:
+                        message = {"job": messages.job_data(fresh)}
+                        sent = message["job"]["version"]
+                        chunk = sse.frame(
+                            id=sent, event="job", data=messages.stream_job(message["job"], "resync")
+                        )
+                if chunk:
+                    await _send_chunk(send, chunk)
+                if message is not None and message["job"]["status"] in TERMINAL_STATUSES:
+                    await _send_chunk(send, b"", more=False)
+                    return None
 
 
 async def jobs_stream(request: HttpRequest, send: Send) -> Outcome:
@@ -312,19 +313,20 @@ async def jobs_stream(request: HttpRequest, send: Send) -> Outcome:
     if user is None:
         return DEFER
     async with group_updates([owner_group(user.pk)]) as updates:
-        await _stream_headers(send)
-        await _send_chunk(send, b"".join(await _jobs_stream_opening(user)))
-        sent: dict[str, int] = {}
-        while True:
-            message = await _next_message(updates, HEARTBEAT_SECONDS)
-            if message is None:
-                await _send_chunk(send, sse.comment("keep-alive"))
-            elif message["version"] > sent.get(message["job"]["id"], 0):
-                sent[message["job"]["id"]] = message["version"]
-                frame_id = sse.jobs_frame_id(message["job"])
-                await _send_chunk(
-                    send, sse.frame(id=frame_id, event="job", data=messages.client_job(message))
-                )
+        with metrics.connections.open("sse"):
+            await _stream_headers(send)
+            await _send_chunk(send, b"".join(await _jobs_stream_opening(user)))
+            sent: dict[str, int] = {}
+            while True:
+                message = await _next_message(updates, HEARTBEAT_SECONDS)
+                if message is None:
+                    await _send_chunk(send, sse.comment("keep-alive"))
+                elif message["version"] > sent.get(message["job"]["id"], 0):
+                    sent[message["job"]["id"]] = message["version"]
+                    frame_id = sse.jobs_frame_id(message["job"])
+                    await _send_chunk(
+                        send, sse.frame(id=frame_id, event="job", data=messages.client_job(message))
+                    )
 
 
 def _wait_of(scope: Scope) -> int | None:

@@ -147,10 +147,20 @@ class GroupPublisher:
             payload = layer.serialize(message)
             for index, channels in by_shard.items():
                 commands[index].append(("EVAL", _PUBLISH_EACH, len(channels), *channels, payload))
+        return self._write(commands)
+
+    def send_commands(self, commands: list[tuple[Any, ...]]) -> bool:
+        """Write raw Redis commands to the layer's first host, replies unread, like a publish
+        (the metrics counters, `tasks_app.metrics`). Returns False if they were dropped."""
+        return self._write([commands, *([[]] * (len(self.shards()) - 1))])
+
+    def _write(self, commands: list[list[tuple[Any, ...]]]) -> bool:
+        """Write each host's commands to it in one send; a host that fails is skipped for a
+        moment and the rest are not held back."""
         delivered = True
         now = time.monotonic()
         with self._lock:
-            for shard, shard_commands in zip(shards, commands, strict=True):
+            for shard, shard_commands in zip(self.shards(), commands, strict=True):
                 if not shard_commands:
                     continue
                 if now < shard.down_until:

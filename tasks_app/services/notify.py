@@ -2,7 +2,8 @@
 
 In the transaction of the change it: shapes the live message (`realtime.messages`), hands the
 change to the webhook outbox by an explicit call (which writes a delivery row when the job asked
-for one), and arranges the publish to the channel layer after commit, never before.
+for one), and arranges the publish to the channel layer, and the metrics' counters
+(`tasks_app.metrics`), after commit, never before.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from django.db import transaction
 
+from .. import metrics
 from ..models import Job, JobEvent
 from ..realtime import messages, publish
 from . import webhooks
@@ -22,11 +24,22 @@ def job_changed_on_commit(job: Job, event: str, entry: JobEvent | None = None) -
     `entry` in its history, if any. Call inside the transaction of the change."""
     message = messages.job_changed(job, event, entry)
     webhooks.webhook_outbox_for_change(job, event, message["job"])
-    transaction.on_commit(partial(publish.publish_job_message, job.owner_id, message))
+    transaction.on_commit(partial(_publish, job.owner_id, message, metrics.job_change_commands(job, event)))
 
 
 def jobs_created_on_commit(owner_id: Any, jobs: list[Job]) -> None:
     """The batch twin for a bulk submission: one publish, in order, after commit. (A new job
     has no webhook to send: deliveries report status changes.)"""
     batch = [messages.job_changed(job, "created") for job in jobs]
-    transaction.on_commit(partial(publish.publish_job_messages, owner_id, batch))
+    counted = metrics.jobs_created_commands(jobs)
+    transaction.on_commit(partial(_publish_many, owner_id, batch, counted))
+
+
+def _publish(owner_id: Any, message: dict[str, Any], counted: list[metrics.Command]) -> None:
+    publish.publish_job_message(owner_id, message)
+    metrics.record(counted)
+
+
+def _publish_many(owner_id: Any, batch: list[dict[str, Any]], counted: list[metrics.Command]) -> None:
+    publish.publish_job_messages(owner_id, batch)
+    metrics.record(counted)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import random
 import uuid
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from .. import webhooks
+from .. import metrics, webhooks
 from ..conf import WEBHOOK_QUEUE, app_settings
 from ..exceptions import JobStateError
 from ..models import DeliveryStatus, Job, JobStatus, SigningSecret, WebhookAttempt, WebhookDelivery
@@ -125,6 +126,15 @@ def webhook_claim(*, delivery_id: int) -> WebhookDelivery | None:
     return WebhookDelivery.objects.select_related("job").get(pk=delivery_id)
 
 
+# What an attempt came to, for the metrics: the delivery's status after it.
+ATTEMPT_RESULTS = {
+    DeliveryStatus.SUCCEEDED: "delivered",
+    DeliveryStatus.PENDING: "retrying",
+    DeliveryStatus.FAILED: "failed",
+    DeliveryStatus.GONE: "gone",
+}
+
+
 def webhook_record_attempt(
     *, delivery: WebhookDelivery, outcome: webhooks.Outcome, started_at: datetime
 ) -> WebhookDelivery:
@@ -163,6 +173,8 @@ def webhook_record_attempt(
                 status=DeliveryStatus.PENDING, next_attempt_at=timezone.now() + timedelta(seconds=delay)
             )
         WebhookDelivery.objects.filter(pk=delivery.pk, status=DeliveryStatus.SENDING).update(**changes)
+        result = ATTEMPT_RESULTS[changes["status"]]
+        transaction.on_commit(partial(metrics.record, metrics.webhook_attempt_commands(result)))
     delivery.refresh_from_db()
     return delivery
 
