@@ -28,7 +28,6 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from channels_redis.utils import decode_hosts
 from django.conf import settings
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -169,13 +168,9 @@ class ConnectionCounter:
 
 
 def _async_client() -> redis.asyncio.Redis:
-    layers: dict[str, Any] = settings.CHANNEL_LAYERS
-    host = dict(decode_hosts(layers["default"].get("CONFIG", {}).get("hosts"))[0])
-    options = {"socket_connect_timeout": 0.5, "socket_timeout": 2}
-    address = host.pop("address", None)
-    if address:
-        return redis.asyncio.Redis.from_url(address, **options, **host)
-    return redis.asyncio.Redis(**options, **host)
+    """A client of the first channel-layer host, where the counters live."""
+    address, options = publish.client_options(publish.layer_hosts()[0])
+    return redis.asyncio.Redis.from_url(address, **options) if address else redis.asyncio.Redis(**options)
 
 
 connections = ConnectionCounter()
@@ -262,29 +257,29 @@ class LongrunCollector(Collector):
         for counts in decoded[len(names) :]:
             for kind in CONNECTION_KINDS:
                 open_now[kind] += int(counts.get(kind, 0))
-        family = GaugeMetricFamily(
+        connections = GaugeMetricFamily(
             "longrun_connections", "Open live connections over all ASGI processes, by kind.", labels=["kind"]
         )
         for kind, n in open_now.items():
-            family.add_metric([kind], n)
-        yield family
+            connections.add_metric([kind], n)
+        yield connections
 
     def _state(self) -> Iterator[Metric]:
         by_status = dict.fromkeys(JobStatus.values, 0)
         for (_type_name, status), n in selectors.job_totals().items():
             by_status[status] = by_status.get(status, 0) + n
-        family = GaugeMetricFamily("longrun_jobs", "Jobs stored, by status.", labels=["status"])
+        stored = GaugeMetricFamily("longrun_jobs", "Jobs stored, by status.", labels=["status"])
         for status, n in by_status.items():
-            family.add_metric([status], n)
-        yield family
+            stored.add_metric([status], n)
+        yield stored
 
         by_state = dict.fromkeys(WorkerState.values, 0)
         for node in WorkerNode.objects.all():
             by_state[selectors.worker_state(node)] += 1
-        family = GaugeMetricFamily("longrun_workers", "Worker nodes, by state.", labels=["state"])
+        nodes = GaugeMetricFamily("longrun_workers", "Worker nodes, by state.", labels=["state"])
         for state, n in by_state.items():
-            family.add_metric([state], n)
-        yield family
+            nodes.add_metric([state], n)
+        yield nodes
 
         overview = selectors.queues_overview()
         jobs = GaugeMetricFamily(

@@ -47,15 +47,27 @@ def owner_group(user_id: Any) -> str:
 _PUBLISH_EACH = "for _, channel in ipairs(KEYS) do redis.call('PUBLISH', channel, ARGV[1]) end"
 
 
+def client_options(host: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """A channel-layer host entry (`channels_redis.utils.decode_hosts`) as redis-py takes it:
+    (URL or None, keyword arguments), with short timeouts: a live update is never worth a wait."""
+    options: dict[str, Any] = {"socket_connect_timeout": 0.5, "socket_timeout": 2, **host}
+    if "master_name" in options:
+        raise NotImplementedError("live updates: Redis Sentinel hosts are not supported; give addresses")
+    return options.pop("address", None), options
+
+
+def layer_hosts(alias: str = "default") -> list[dict[str, Any]]:
+    layers: dict[str, Any] = settings.CHANNEL_LAYERS
+    hosts: list[dict[str, Any]] = decode_hosts(layers[alias].get("CONFIG", {}).get("hosts"))
+    return hosts
+
+
 class _Shard:
     """One Redis of the layer: its client, this process's connection to it, the replies still
     to read on that connection, and until when it is skipped after a failure."""
 
     def __init__(self, host: dict[str, Any]) -> None:
-        options = {"socket_connect_timeout": 0.5, "socket_timeout": 2, **host}
-        if "master_name" in options:
-            raise NotImplementedError("live updates: Redis Sentinel hosts are not supported; give addresses")
-        address = options.pop("address", None)
+        address, options = client_options(host)
         self.client = redis.Redis.from_url(address, **options) if address else redis.Redis(**options)
         self.connection: Any = None
         self.pid = 0
@@ -112,7 +124,7 @@ class GroupPublisher:
 
     def shards(self) -> list[_Shard]:
         if self._shards is None:
-            self._shards = [_Shard(host) for host in decode_hosts(self._config().get("hosts"))]
+            self._shards = [_Shard(host) for host in layer_hosts(self.alias)]
         return self._shards
 
     def forget_hosts(self) -> None:
