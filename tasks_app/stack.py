@@ -5,6 +5,7 @@ the same way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -132,7 +133,12 @@ class Stack:
         concurrency: int | None = None,
         pool: str = "prefork",
         extra: Sequence[str] = (),
+        warm_stop: bool = False,
     ) -> Child:
+        """A Celery worker. On SIGTERM it stops as production's do (REMAP_SIGTERM=SIGQUIT: running
+        jobs get CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT seconds, then go back to the queue), or with
+        `warm_stop` it makes Celery's warm shutdown (it exits as soon as its running jobs have
+        finished, however long they take: the caller enforces a limit, see `stop(escalate=)`)."""
         argv = [
             sys.executable,
             "-m",
@@ -154,9 +160,7 @@ class Stack:
         ]
         if concurrency:
             argv += ["--concurrency", str(concurrency)]
-        # SIGTERM becomes Celery's soft shutdown: running jobs get CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT
-        # seconds to finish, then the worker stops and their jobs go back to the queue (lease).
-        return self.start(name, argv, env={"REMAP_SIGTERM": "SIGQUIT"})
+        return self.start(name, argv, env={} if warm_stop else {"REMAP_SIGTERM": "SIGQUIT"})
 
     def start_beat(self, schedule_file: Path) -> Child:
         argv = [
@@ -179,17 +183,22 @@ class Stack:
         wait_for_port(port, host=host, process=child.process, timeout=60)
         return child
 
-    def stop(self, child: Child, *, timeout: float = 30.0) -> int | None:
-        """Ask the child to stop, wait, then kill its whole session."""
+    def stop(
+        self, child: Child, *, timeout: float = 30.0, escalate: int | None = None, asked: bool = False
+    ) -> int | None:
+        """Ask the child to stop (unless already `asked`), wait; if it is still there, send
+        `escalate` (if given) and wait a few seconds more; then kill its whole session."""
         process = child.process
-        if process.poll() is None:
-            # Only the main process: Celery's pool children must not get SIGTERM themselves, or
-            # they die mid-job instead of being allowed to finish (warm shutdown).
-            process.send_signal(child.stop_signal)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
+        steps = [(None if asked else child.stop_signal, timeout), *([(escalate, 10.0)] if escalate else [])]
+        for sig, wait in steps:
+            if process.poll() is not None:
+                break
+            if sig is not None:
+                # Only the main process: Celery's pool children must not get SIGTERM themselves,
+                # or they die mid-job instead of being allowed to finish (warm shutdown).
+                process.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(wait)
         try:
             os.killpg(process.pid, signal.SIGKILL)  # whatever is left of its session
         except (ProcessLookupError, PermissionError):

@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+import requests
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
@@ -22,8 +23,11 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tasks_app import selectors
-from tasks_app.conf import LONGRUN_QUEUES
+from tasks_app.conf import JOB_QUEUE, LONGRUN_QUEUES
+from tasks_app.models import Job, JobStatus
+from tasks_app.services import submission
 from tasks_app.stack import free_port
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -205,12 +209,16 @@ def test_ensureadmin_with_a_plain_user_named_admin_does_not_crash(var_dir, djang
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_runstack_says_it_is_running_only_once_every_queue_has_a_ready_worker(process_env, tmp_path):
-    """`make run`'s command, as a person runs it; Ctrl+C (SIGINT) stops everything."""
+def test_runstack_says_it_is_running_only_once_every_queue_has_a_ready_worker_and_stops_when_jobs_end(
+    process_env, tmp_path, user
+):
+    """`make run`'s command, as a person runs it; Ctrl+C (SIGINT) during a job stops everything
+    as soon as the job has finished (a warm shutdown), not after the whole grace."""
     env = {**process_env, "LONGRUN_VAR_DIR": str(tmp_path), "CELERY_WORKER_CONCURRENCY": "1"}
     env.pop("REDIS_URL", None)  # as on a fresh machine: it starts a Redis of its own
+    port = free_port()
     runstack = subprocess.Popen(
-        [sys.executable, "manage.py", "runstack", "--port", str(free_port())],
+        [sys.executable, "manage.py", "runstack", "--port", str(port), "--shutdown-grace", "60"],
         cwd=django_settings.BASE_DIR,
         env=env,
         stdout=subprocess.PIPE,
@@ -231,8 +239,43 @@ def test_runstack_says_it_is_running_only_once_every_queue_has_a_ready_worker(pr
             pytest.fail("runstack did not say it was running:\n" + "".join(lines))
         serving = selectors.queue_consumers()
         assert all(serving[queue] >= 1 for queue in LONGRUN_QUEUES), serving
+
+        token = Token.objects.create(user=user).key
+        response = requests.post(
+            f"http://127.0.0.1:{port}/api/jobs/",
+            json={"type": "sleep", "params": {"seconds": 5, "steps": 5}},
+            headers={"Authorization": f"Token {token}"},
+            timeout=10,
+        )
+        job_id = response.json()["id"]
+        wait_for(
+            lambda: Job.objects.get(pk=job_id).status == JobStatus.RUNNING, timeout=30, what="the job to run"
+        )
     finally:
+        asked_at = time.monotonic()
         runstack.send_signal(signal.SIGINT)
         output, _ = runstack.communicate(timeout=120)
+    took = time.monotonic() - asked_at
     assert runstack.returncode == 0, output
     assert "Stopped." in output
+    assert "Cold shutdown" not in output, output[-3000:]
+    assert Job.objects.get(pk=job_id).status == JobStatus.SUCCEEDED  # it was let finish ...
+    assert took < 25, f"{took:.1f} s"  # ... and the stop came once it had, not after 60 s of grace
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_warm_stopped_worker_still_busy_after_the_grace_is_stopped_cold(stack, user, commit):
+    """The other half of `runstack`'s grace: a job longer than it does not hold the stop."""
+    worker = stack.start_ready_worker("warm", queues=[JOB_QUEUE], concurrency=1, warm_stop=True)
+    with commit():
+        job = submission.job_create(owner=user, type="sleep", params={"seconds": 60, "steps": 60})
+    wait_for(
+        lambda: Job.objects.get(pk=job.pk).status == JobStatus.RUNNING, timeout=30, what="the job to run"
+    )
+    asked_at = time.monotonic()
+    stack.stop(worker, timeout=2, escalate=signal.SIGQUIT)
+    took = time.monotonic() - asked_at
+    assert took < 12, f"{took:.1f} s"  # 2 s of grace, then a cold shutdown: not the job's 60 s
+    assert "Cold shutdown" in stack.log_tail("warm")
+    assert Job.objects.get(pk=job.pk).status == JobStatus.RUNNING  # its lease brings it back

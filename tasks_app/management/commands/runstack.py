@@ -36,11 +36,10 @@ class Command(BaseCommand):
         self.stdout.write("Longrun is starting.")
         call_command("ensureadmin", stdout=self.stdout)
 
-        # A worker's shutdown grace is ours: jobs still running after it go back to the queue.
-        stack = Stack(
-            env={**os.environ, "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": str(shutdown_grace)},
-            cwd=settings.BASE_DIR,
-        )
+        # Ctrl+C makes the workers' warm shutdown: each exits as soon as its running jobs have
+        # finished. The grace is enforced here (`_stop`): a worker still busy after it gets a cold
+        # shutdown, without a soft wait of its own, and its jobs go back to the queue.
+        stack = Stack(env={**os.environ, "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": "0"}, cwd=settings.BASE_DIR)
         stopping = {"asked": 0}
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -60,10 +59,12 @@ class Command(BaseCommand):
                     f"  Redis:       {stack.env['REDIS_URL']} (started here, data in var/redis)"
                 )
             # One job worker reads every queue job types name (in production each may have its own).
-            stack.start_worker("worker", queues=registry.job_queues())
-            stack.start_worker("maintenance", queues=[MAINTENANCE_QUEUE], pool="solo")
+            stack.start_worker("worker", queues=registry.job_queues(), warm_stop=True)
+            stack.start_worker("maintenance", queues=[MAINTENANCE_QUEUE], pool="solo", warm_stop=True)
             # Webhook deliveries wait on the network: threads, not processes, and their own queue.
-            stack.start_worker("webhooks", queues=[WEBHOOK_QUEUE], pool="threads", concurrency=8)
+            stack.start_worker(
+                "webhooks", queues=[WEBHOOK_QUEUE], pool="threads", concurrency=8, warm_stop=True
+            )
             stack.start_beat(settings.VAR_DIR / "celerybeat-schedule")
             stack.start_daphne(port, host=host)
             self._wait_for_workers(stack, since=started)
@@ -112,7 +113,17 @@ class Command(BaseCommand):
 
     def _stop(self, stack: Stack, grace: float) -> None:
         by_name = {child.name: child for child in stack.children}
-        for name in ("daphne", "beat", "maintenance", "webhooks", "worker", "redis"):
+        for name in ("daphne", "beat"):
             if name in by_name:
-                stack.stop(by_name[name], timeout=grace + 15 if name == "worker" else 15)
+                stack.stop(by_name[name], timeout=15)
+        # The workers' warm shutdowns run side by side, all within the one grace.
+        workers = [by_name[name] for name in ("worker", "webhooks", "maintenance") if name in by_name]
+        for child in workers:
+            if child.process.poll() is None:
+                child.process.send_signal(child.stop_signal)
+        deadline = time.monotonic() + grace
+        for child in workers:
+            stack.stop(
+                child, timeout=max(deadline - time.monotonic(), 0.0), escalate=signal.SIGQUIT, asked=True
+            )
         stack.stop_all()
