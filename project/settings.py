@@ -243,6 +243,11 @@ CHANNEL_LAYERS = {
 }
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+# RabbitMQ (amqp://) instead of Redis: priorities are the queues' own (x-max-priority, highest
+# first), declared on every queue Celery creates; Redis emulates them with sub-queues (below).
+BROKER_IS_AMQP = CELERY_BROKER_URL.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+if BROKER_IS_AMQP:
+    CELERY_TASK_QUEUE_MAX_PRIORITY = 9  # tasks_app.conf.PRIORITY_MAX
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

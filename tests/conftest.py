@@ -6,9 +6,12 @@ Plain helpers (jobs in a given state, problem-details checks, `wait_for`) are in
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -185,12 +188,44 @@ def purge_queues(process_env) -> None:
     from project.celery import app
 
     with app.connection_for_write() as conn:
-        channel = conn.default_channel
         for queue in (JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE, "test.routed"):
+            channel = conn.channel()  # a channel of its own: RabbitMQ closes one on a missing queue
             try:
                 channel.queue_purge(queue)
             except Exception:  # a queue that never existed
                 pass
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+
+
+def broker_is_rabbitmq() -> bool:
+    return os.environ.get("CELERY_BROKER_URL", "").startswith("amqp")
+
+
+@pytest.fixture
+def own_broker(stack, tmp_path) -> Iterator[str]:
+    """A broker that no other worker of the test session reads, for the processes of `stack`:
+    a Redis of the test's own (broker and channel layer), or, when this run's broker is
+    RabbitMQ, a virtual host of its own on it (made with rabbitmqctl, removed afterwards)."""
+    if not broker_is_rabbitmq():
+        port = free_port()
+        stack.start_redis(port, tmp_path / "own-redis", persistent=False)
+        stack.env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        yield stack.env["REDIS_URL"]
+        return
+    url = urlparse(os.environ["CELERY_BROKER_URL"])
+    vhost = f"longrun-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, url.username or "guest", ".*", ".*", ".*"],
+        check=True,
+        capture_output=True,
+    )
+    stack.env["CELERY_BROKER_URL"] = urlunparse(url._replace(path=f"/{vhost}"))
+    yield stack.env["CELERY_BROKER_URL"]
+    stack.kill_all()
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
 
 
 @pytest.fixture

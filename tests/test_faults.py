@@ -15,7 +15,12 @@ from tasks_app.services import control, submission
 from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE
 from tests.helpers import wait_for
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.integration,
+    pytest.mark.broker,
+    pytest.mark.django_db(transaction=True),
+]
 
 FAST = {
     "LONGRUN_LEASE_SECONDS": "4",

@@ -8,7 +8,7 @@ import pytest
 from tasks_app.models import Job, JobStatus
 from tests.helpers import wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 
 def finished(job_id):

@@ -20,7 +20,7 @@ from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE, free_port
 from tests.helpers import wait_for
 from tests.routed_job_types import ROUTED_QUEUE
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 JOB_MODULES = "tests.fault_job_types,tests.routed_job_types"
 
@@ -33,7 +33,9 @@ def submit_bulk(base: str, token: str, jobs: list[dict]) -> list[str]:
     return [job["id"] for job in response.json()["jobs"]]
 
 
-def test_a_routed_type_runs_only_on_the_workers_of_its_queue(stack, user, routed_job_types, free_tcp_port):
+def test_a_routed_type_runs_only_on_the_workers_of_its_queue(
+    stack, own_broker, user, routed_job_types, free_tcp_port
+):
     stack.env["LONGRUN_JOB_MODULES"] = JOB_MODULES
     stack.start_ready_worker("general", queues=[JOB_QUEUE], concurrency=2)
     stack.start_daphne(free_tcp_port)
@@ -87,7 +89,9 @@ async def watch_then_submit(ws_url: str, token: str, submit) -> tuple[list[str],
 
 
 @pytest.mark.slow
-def test_two_worker_nodes_and_two_daphnes_share_the_work_and_the_live_updates(stack, user, tmp_path):
+def test_two_worker_nodes_and_two_daphnes_share_the_work_and_the_live_updates(
+    stack, own_broker, user, tmp_path
+):
     stack.env.update(
         {"LONGRUN_LEASE_SECONDS": "4", "LONGRUN_HEARTBEAT_SECONDS": "1", "LONGRUN_SWEEP_INTERVAL": "1"}
     )

@@ -74,15 +74,11 @@ def test_job_submitted_while_the_broker_is_down_runs_once_it_is_back(system, use
     assert job.dispatched_at is not None
 
 
-def test_higher_priority_runs_first_when_the_worker_is_busy(stack, tmp_path, free_tcp_port, user):
+@pytest.mark.broker
+def test_higher_priority_runs_first_when_the_worker_is_busy(stack, own_broker, free_tcp_port, user):
     """One worker process, busy with a first job; then low-priority jobs and one high-priority
-    job queue up. The high-priority job must start before every low-priority one. (A Redis of
-    its own, so no other worker of the test session takes these jobs.)"""
-    from tasks_app.stack import free_port
-
-    redis_port = free_port()
-    stack.start_redis(redis_port, tmp_path / "redis", persistent=False)
-    stack.env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    job queue up. The high-priority job must start before every low-priority one. (A broker of
+    its own, so no other worker of the test session takes these jobs: Redis or RabbitMQ.)"""
     stack.start_ready_worker("single", queues=[JOB_QUEUE], concurrency=1)
     stack.start_daphne(free_tcp_port)
     base = f"http://127.0.0.1:{free_tcp_port}"

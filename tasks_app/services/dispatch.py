@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from celery import current_app
@@ -79,6 +79,17 @@ def jobs_dispatch(*, job_ids: Sequence[JobId]) -> int:
     return _publish(rows)
 
 
+def broker_priority(priority: int) -> int:
+    """Our priority (0-9, 9 first) as the broker's: RabbitMQ's priority queues also run the
+    highest first; kombu's Redis sub-queues run 0 first."""
+    return priority if _broker_is_amqp(current_app.conf.broker_url) else PRIORITY_MAX - priority
+
+
+@lru_cache(maxsize=4)
+def _broker_is_amqp(broker_url: str) -> bool:
+    return str(broker_url).split(";")[0].split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+
+
 def _publish(jobs: Sequence[Dispatch]) -> int:
     """Publish, then mark dispatched. Called after commit and by the sweep. A broker outage
     leaves `dispatched_at` empty, so the sweep tries again; a crash after publishing but before
@@ -96,8 +107,7 @@ def _publish(jobs: Sequence[Dispatch]) -> int:
                     args=[str(job_id)],
                     queue=registry.queue_of(type_name),
                     task_id=str(uuid.uuid4()),
-                    # kombu's Redis priorities run 0 first; ours run 9 first.
-                    priority=PRIORITY_MAX - priority,
+                    priority=broker_priority(priority),
                     retry=False,
                     producer=producer,
                     **limits,

@@ -27,7 +27,15 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker")]
 # --- job_dispatch / jobs_dispatch_pending ---------------------------------------------------
 
 
-def test_dispatch_publishes_and_marks_the_job(user, apply_async):
+@pytest.fixture
+def on_redis(monkeypatch):
+    """The broker is Redis, whatever CELERY_BROKER_URL this run has."""
+    from celery import current_app
+
+    monkeypatch.setattr(current_app.conf, "broker_url", "redis://127.0.0.1:6379/0")
+
+
+def test_dispatch_publishes_and_marks_the_job(user, apply_async, on_redis):
     job = new_job(user, priority=9)
     assert dispatch.job_dispatch(job_id=job.pk) is True
     apply_async.assert_called_once()
@@ -35,6 +43,21 @@ def test_dispatch_publishes_and_marks_the_job(user, apply_async):
     assert apply_async.call_args.kwargs["priority"] == 0  # ours: 9 first; kombu's: 0 first
     assert apply_async.call_args.kwargs["retry"] is False
     assert Job.objects.get(pk=job.pk).dispatched_at is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://127.0.0.1:6379/0", {0: 9, 5: 4, 9: 0}),  # kombu's Redis sub-queues: 0 first
+        ("amqp://guest:guest@127.0.0.1:5672//", {0: 0, 5: 5, 9: 9}),  # RabbitMQ: highest first
+        ("pyamqp://h//;amqp://other//", {0: 0, 9: 9}),  # a fail-over list: its first broker
+    ],
+)
+def test_priorities_are_mapped_to_each_brokers_order(monkeypatch, url, expected):
+    from celery import current_app
+
+    monkeypatch.setattr(current_app.conf, "broker_url", url)
+    assert {ours: dispatch.broker_priority(ours) for ours in expected} == expected
 
 
 def test_a_job_is_published_to_the_queue_its_type_names(user, apply_async, commit, routed_job_types):
@@ -52,7 +75,7 @@ def test_a_job_is_published_to_the_queue_its_type_names(user, apply_async, commi
     ]
 
 
-def test_dispatch_priority_zero_maps_to_broker_priority_nine(user, apply_async):
+def test_dispatch_priority_zero_maps_to_broker_priority_nine(user, apply_async, on_redis):
     job = new_job(user, priority=0)
     dispatch.job_dispatch(job_id=job.pk)
     assert apply_async.call_args.kwargs["priority"] == 9
