@@ -29,10 +29,8 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker")]
 
 @pytest.fixture
 def on_redis(monkeypatch):
-    """The broker is Redis, whatever CELERY_BROKER_URL this run has."""
-    from celery import current_app
-
-    monkeypatch.setattr(current_app.conf, "broker_url", "redis://127.0.0.1:6379/0")
+    """The broker is Redis, whatever CELERY_BROKER_URL this run has (Celery reads it first)."""
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 
 
 def test_dispatch_publishes_and_marks_the_job(user, apply_async, on_redis):
@@ -54,9 +52,7 @@ def test_dispatch_publishes_and_marks_the_job(user, apply_async, on_redis):
     ],
 )
 def test_priorities_are_mapped_to_each_brokers_order(monkeypatch, url, expected):
-    from celery import current_app
-
-    monkeypatch.setattr(current_app.conf, "broker_url", url)
+    monkeypatch.setenv("CELERY_BROKER_URL", url)
     assert {ours: dispatch.broker_priority(ours) for ours in expected} == expected
 
 
