@@ -4,6 +4,7 @@ submitted over HTTP runs, and SIGTERM stops everything."""
 
 from __future__ import annotations
 
+import configparser
 import os
 import signal
 import subprocess
@@ -19,9 +20,10 @@ from tasks_app.models import Job, JobStatus
 from tasks_app.stack import free_port
 from tests.helpers import wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
 def test_honcho_runs_the_procfile_as_it_is(stack, tmp_path, user):
     redis_port, web_port = free_port(), free_port()
     stack.start_redis(redis_port, tmp_path / "redis", persistent=False)
@@ -81,3 +83,68 @@ def test_honcho_runs_the_procfile_as_it_is(stack, tmp_path, user):
     output = (tmp_path / "honcho.log").read_text()
     for name in ("web", "worker", "maintenance", "webhooks", "beat"):
         assert f"{name}." in output, output[-3000:]
+
+
+# --- the example systemd units (deploy/systemd/) -------------------------------------------------
+
+SYSTEMD = Path(settings.BASE_DIR) / "deploy" / "systemd"
+UNITS = {
+    "web": "longrun-web@.service",
+    "worker": "longrun-worker.service",
+    "maintenance": "longrun-maintenance.service",
+    "webhooks": "longrun-webhooks.service",
+    "beat": "longrun-beat.service",
+}
+
+
+def procfile() -> dict[str, list[str]]:
+    lines = (Path(settings.BASE_DIR) / "Procfile").read_text().splitlines()
+    return {
+        name: command.split()
+        for name, _, command in (line.partition(": ") for line in lines if line and not line.startswith("#"))
+    }
+
+
+def unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # keys are case-sensitive in systemd
+    parser.read(SYSTEMD / name)
+    return parser
+
+
+def normalized(argv: list[str]) -> list[str]:
+    """The command from its program on, without paths, env prefixes or placeholders."""
+    argv = [arg for arg in argv if arg != "env" and "=" not in arg or arg.startswith("--")]
+    start = next(i for i, arg in enumerate(argv) if arg.endswith(("celery", "daphne")))
+    words = [Path(argv[start]).name, *argv[start + 1 :]]
+    return [
+        "PORT" if word in ("%i", "${PORT:-8000}") else word.replace("%%H", "%h")
+        for word in words
+        if not word.startswith(("/var/lib/", "${LONGRUN_BEAT_SCHEDULE"))
+    ]
+
+
+def test_every_process_of_the_procfile_has_a_systemd_unit_running_the_same_command():
+    for process, command in procfile().items():
+        service = unit(UNITS[process])["Service"]
+        assert normalized(service["ExecStart"].split()) == normalized(command), process
+        assert service["EnvironmentFile"] == "/etc/longrun/longrun.env"
+        assert service["Restart"] == "always"
+
+
+def test_worker_units_give_running_jobs_their_grace_before_systemd_kills():
+    grace = 30  # CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT's default (README, "Settings")
+    for process in ("worker", "maintenance", "webhooks"):
+        service = unit(UNITS[process])["Service"]
+        assert service["Environment"] == "REMAP_SIGTERM=SIGQUIT", process
+        assert int(service["TimeoutStopSec"]) > grace, process
+        assert service["KillMode"] == "mixed", process  # SIGTERM to the main process only
+
+
+def test_the_environment_file_names_the_settings_that_matter():
+    names = {
+        line.split("=", 1)[0].lstrip("# ")
+        for line in (SYSTEMD / "longrun.env").read_text().splitlines()
+        if "=" in line
+    }
+    assert {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "ALLOWED_HOSTS", "LONGRUN_METRICS_TOKEN"} <= names
