@@ -18,7 +18,6 @@ from rest_framework.authtoken.models import Token
 from tasks_app.models import Job, JobStatus
 from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE, free_port
 from tests.helpers import wait_for
-from tests.routed_job_types import ROUTED_QUEUE
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
@@ -36,6 +35,7 @@ def submit_bulk(base: str, token: str, jobs: list[dict]) -> list[str]:
 def test_a_routed_type_runs_only_on_the_workers_of_its_queue(
     stack, own_broker, user, routed_job_types, free_tcp_port
 ):
+    routed_queue = routed_job_types.ROUTED_QUEUE
     stack.env["LONGRUN_JOB_MODULES"] = JOB_MODULES
     stack.start_ready_worker("general", queues=[JOB_QUEUE], concurrency=2)
     stack.start_daphne(free_tcp_port)
@@ -52,9 +52,9 @@ def test_a_routed_type_runs_only_on_the_workers_of_its_queue(
     # Nobody reads the routed queue yet: its jobs wait, and say why.
     assert set(Job.objects.filter(pk__in=routed).values_list("status", flat=True)) == {JobStatus.QUEUED}
     readiness = requests.get(f"{base}/readyz", timeout=10).json()
-    assert readiness["checks"][f"queue:{ROUTED_QUEUE}"]["ok"] is False
+    assert readiness["checks"][f"queue:{routed_queue}"]["ok"] is False
 
-    stack.start_ready_worker("routed", queues=[ROUTED_QUEUE], concurrency=1)
+    stack.start_ready_worker("routed", queues=[routed_queue], concurrency=1)
     wait_for(
         lambda: Job.objects.filter(pk__in=routed, status=JobStatus.SUCCEEDED).count() == 4, what="routed jobs"
     )
@@ -64,7 +64,7 @@ def test_a_routed_type_runs_only_on_the_workers_of_its_queue(
     assert {
         worker.split("@")[0] for worker in Job.objects.filter(pk__in=plain).values_list("worker", flat=True)
     } == {"general"}
-    assert requests.get(f"{base}/readyz", timeout=10).json()["checks"][f"queue:{ROUTED_QUEUE}"]["ok"] is True
+    assert requests.get(f"{base}/readyz", timeout=10).json()["checks"][f"queue:{routed_queue}"]["ok"] is True
 
 
 async def watch_then_submit(ws_url: str, token: str, submit) -> tuple[list[str], dict[str, list[dict]]]:
