@@ -4,9 +4,9 @@ official client (`prometheus_client`).
 They are right with prefork workers, several web processes and several machines because no
 process keeps them for itself:
 - **Events** (jobs submitted and finished, queue wait and run time, webhook delivery attempts)
-  are Redis hash increments, written after commit by whichever process made the change, on the
-  connection the live updates use (the first channel-layer host), replies unread like a publish:
-  no round trip. They are read at scrape time. Redis restarted without persistence starts them
+  are Redis hash increments, written after commit by whichever process made the change, in the
+  same write as the change's live update (to the first channel-layer host; replies are read at
+  the next write, so no round trip is waited for). They are read at scrape time. Redis restarted without persistence starts them
   again from zero, which Prometheus's `rate()` and `increase()` read as a counter reset.
 - **Current state** (jobs by status, workers by state, each queue's depth, oldest wait and
   consumers) is read from the database at scrape time: the rows are the truth.
@@ -40,7 +40,7 @@ from .realtime import publish
 
 logger = logging.getLogger(__name__)
 
-Command = tuple[Any, ...]
+Command = publish.Command
 # Separates the labels inside a hash field ("sleep\x1fsucceeded").
 SEP = "\x1f"
 CONNECTION_KINDS = ("websocket", "sse")

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -42,6 +43,9 @@ def job_group(job_id: JobId) -> str:
 def owner_group(user_id: Any) -> str:
     return f"jobs.owner.{user_id}"
 
+
+# A Redis command as redis-py packs it: ("HINCRBY", key, field, 1).
+Command = tuple[Any, ...]
 
 # PUBLISH one message on several channels with one command.
 _PUBLISH_EACH = "for _, channel in ipairs(KEYS) do redis.call('PUBLISH', channel, ARGV[1]) end"
@@ -140,17 +144,21 @@ class GroupPublisher:
     def shard_index(self, channel: str) -> int:
         return _consistent_hash(channel, len(self.shards()))
 
-    def send(self, groups: list[str], message: dict[str, Any]) -> bool:
+    def send(self, groups: list[str], message: dict[str, Any], *, extra: Sequence[Command] = ()) -> bool:
         """Publish `message` to every group (one command per Redis host: a script that
         publishes it on each of that host's group channels). Returns False if it was dropped
         (on any host)."""
-        return self.send_many([(groups, message)])
+        return self.send_many([(groups, message)], extra=extra)
 
-    def send_many(self, batch: list[tuple[list[str], dict[str, Any]]]) -> bool:
-        """Publish several messages, in order, in one write per Redis host."""
+    def send_many(
+        self, batch: list[tuple[list[str], dict[str, Any]]], *, extra: Sequence[Command] = ()
+    ) -> bool:
+        """Publish several messages, in order, in one write per Redis host; `extra` commands
+        (the metrics' counters) go to the first host in the same write, so they cost no second
+        send (a second send right after the first would wait for the first one's reply)."""
         layer = get_channel_layer(self.alias)
         shards = self.shards()
-        commands: list[list[tuple[Any, ...]]] = [[] for _ in shards]
+        commands: list[list[Command]] = [[] for _ in shards]
         for groups, message in batch:
             by_shard: dict[int, list[str]] = {}
             for group in groups:
@@ -159,14 +167,15 @@ class GroupPublisher:
             payload = layer.serialize(message)
             for index, channels in by_shard.items():
                 commands[index].append(("EVAL", _PUBLISH_EACH, len(channels), *channels, payload))
+        commands[0].extend(extra)
         return self._write(commands)
 
-    def send_commands(self, commands: list[tuple[Any, ...]]) -> bool:
+    def send_commands(self, commands: Sequence[Command]) -> bool:
         """Write raw Redis commands to the layer's first host, replies unread, like a publish
         (the metrics counters, `tasks_app.metrics`). Returns False if they were dropped."""
-        return self._write([commands, *([[]] * (len(self.shards()) - 1))])
+        return self._write([list(commands), *([[]] * (len(self.shards()) - 1))])
 
-    def _write(self, commands: list[list[tuple[Any, ...]]]) -> bool:
+    def _write(self, commands: list[list[Command]]) -> bool:
         """Write each host's commands to it in one send; a host that fails is skipped for a
         moment and the rest are not held back."""
         delivered = True
@@ -220,11 +229,14 @@ def _groups(owner_id: Any, message: dict[str, Any]) -> list[str]:
     return [job_group(message["job"]["id"]), owner_group(owner_id), STAFF_GROUP]
 
 
-def publish_job_message(owner_id: Any, message: dict[str, Any]) -> bool:
-    """Send one change (a `realtime.messages.job_changed` message) to everyone who may see it."""
-    return publisher.send(_groups(owner_id, message), message)
+def publish_job_message(owner_id: Any, message: dict[str, Any], *, extra: Sequence[Command] = ()) -> bool:
+    """Send one change (a `realtime.messages.job_changed` message) to everyone who may see it,
+    with `extra` Redis commands in the same write."""
+    return publisher.send(_groups(owner_id, message), message, extra=extra)
 
 
-def publish_job_messages(owner_id: Any, messages: list[dict[str, Any]]) -> bool:
-    """Several changes of one owner's jobs, in order, in one round trip."""
-    return publisher.send_many([(_groups(owner_id, message), message) for message in messages])
+def publish_job_messages(
+    owner_id: Any, messages: list[dict[str, Any]], *, extra: Sequence[Command] = ()
+) -> bool:
+    """Several changes of one owner's jobs, in order, in one write."""
+    return publisher.send_many([(_groups(owner_id, message), message) for message in messages], extra=extra)

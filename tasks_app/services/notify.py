@@ -2,8 +2,8 @@
 
 In the transaction of the change it: shapes the live message (`realtime.messages`), hands the
 change to the webhook outbox by an explicit call (which writes a delivery row when the job asked
-for one), and arranges the publish to the channel layer, and the metrics' counters
-(`tasks_app.metrics`), after commit, never before.
+for one), and arranges the publish to the channel layer, with the metrics' counters
+(`tasks_app.metrics`) in the same write, after commit, never before.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def job_changed_on_commit(job: Job, event: str, entry: JobEvent | None = None) -
     `entry` in its history, if any. Call inside the transaction of the change."""
     message = messages.job_changed(job, event, entry)
     webhooks.webhook_outbox_for_change(job, event, message["job"])
-    transaction.on_commit(partial(_publish, job.owner_id, message, metrics.job_change_commands(job, event)))
+    counted = metrics.job_change_commands(job, event)
+    transaction.on_commit(partial(publish.publish_job_message, job.owner_id, message, extra=counted))
 
 
 def jobs_created_on_commit(owner_id: Any, jobs: list[Job]) -> None:
@@ -32,14 +33,4 @@ def jobs_created_on_commit(owner_id: Any, jobs: list[Job]) -> None:
     has no webhook to send: deliveries report status changes.)"""
     batch = [messages.job_changed(job, "created") for job in jobs]
     counted = metrics.jobs_created_commands(jobs)
-    transaction.on_commit(partial(_publish_many, owner_id, batch, counted))
-
-
-def _publish(owner_id: Any, message: dict[str, Any], counted: list[metrics.Command]) -> None:
-    publish.publish_job_message(owner_id, message)
-    metrics.record(counted)
-
-
-def _publish_many(owner_id: Any, batch: list[dict[str, Any]], counted: list[metrics.Command]) -> None:
-    publish.publish_job_messages(owner_id, batch)
-    metrics.record(counted)
+    transaction.on_commit(partial(publish.publish_job_messages, owner_id, batch, extra=counted))

@@ -183,3 +183,13 @@ def test_one_redis_host_down_drops_only_what_lives_there(settings, two_redis):
     assert received is not None and received["type"] == "message"  # ... the live host's half not
     assert get_channel_layer().deserialize(received["data"]) == message
     listener.close()
+
+
+def test_the_metrics_counters_ride_in_the_same_write_as_the_live_update():
+    """A second write right after the first would wait for the first one's reply."""
+    publisher = GroupPublisher()
+    with mock.patch.object(publisher, "_write", return_value=True) as write:
+        assert publisher.send([job_group("x")], {"type": "job.event"}, extra=[("HINCRBY", "k", "f", 1)])
+    write.assert_called_once()
+    (commands,) = write.call_args.args
+    assert [command[0] for command in commands[0]] == ["EVAL", "HINCRBY"]
