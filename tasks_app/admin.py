@@ -33,6 +33,13 @@ from .services import webhooks as webhook_state
 
 # Counting past this many matching rows is not worth a full scan: the page count becomes "at least".
 COUNT_CAP = 10_000
+# The shortest id start the search looks for (the list shows 8 digits).
+ID_PREFIX_MIN = 4
+
+# The admin is Longrun's operations console: it says so (templates/admin/base_site.html adds the icon).
+admin.site.site_header = "Longrun administration"
+admin.site.site_title = "Longrun admin"
+admin.site.index_title = "Jobs, webhooks and workers"
 
 
 class CappedCountPaginator(Paginator):
@@ -139,7 +146,7 @@ class JobAdmin(admin.ModelAdmin):
     list_per_page = 50
     paginator = CappedCountPaginator
     show_full_result_count = False  # no second COUNT(*) of the whole table per page
-    search_help_text = "A job id, a type, or metadata as key:value."
+    search_help_text = "A job id or its start (as the list shows it), a type, or metadata as key:value."
     search_fields = ["type"]  # the real work is in get_search_results
     inlines = [JobEventInline, WebhookDeliveryInline]
     actions = ["cancel_selected", "retry_selected", "rerun_selected"]
@@ -255,7 +262,7 @@ class JobAdmin(admin.ModelAdmin):
     def traceback_pretty(self, job: Job) -> str:
         return format_html('<pre class="lr-json">{}</pre>', job.traceback) if job.traceback else "—"
 
-    # --- search: by exact id, metadata key:value, or type -------------------------------------
+    # --- search: by id (or its start), metadata key:value, or type ------------------------------
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet, search_term: str
@@ -277,7 +284,12 @@ class JobAdmin(admin.ModelAdmin):
             return selectors.jobs_with_metadata(queryset, *pair), False
         # Types are few and known: match the names here, then filter on the indexed column.
         names = [t.name for t in registry.all_job_types() if t.name.lower().startswith(term.lower())]
-        return (queryset.filter(type__in=names) if names else queryset.none()), False
+        matches = queryset.filter(type__in=names) if names else queryset.none()
+        # The start of an id, as the list shows it (8 digits) or longer, dashes or not.
+        if len(term.replace("-", "")) >= ID_PREFIX_MIN:
+            by_id = selectors.jobs_with_id_prefix(Job.objects.all(), term)
+            matches = matches | queryset.filter(pk__in=by_id.values("pk"))
+        return matches, False
 
     # --- actions: the same services as the API, each recorded with who did it ------------------
 

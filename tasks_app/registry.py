@@ -103,6 +103,12 @@ def get_job_type(name: str) -> JobType:
         raise UnknownJobType(name) from None
 
 
+def first_registered() -> str | None:
+    """The type registered first (the built-ins' `sleep`): the dashboard form's choice for someone
+    who has submitted nothing yet."""
+    return next(iter(_registry), None)
+
+
 def all_job_types() -> list[JobType]:
     return sorted(_registry.values(), key=lambda jt: jt.name)
 

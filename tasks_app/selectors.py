@@ -107,16 +107,17 @@ def job_list_filtered(
         jobs = jobs.filter(status=status)
     if job_type:
         jobs = jobs.filter(type=job_type)
-    prefix = id_prefix.lower().replace("-", "")
-    if prefix:
-        jobs = _with_id_prefix(jobs, prefix)
+    if id_prefix:
+        jobs = jobs_with_id_prefix(jobs, id_prefix)
     return jobs
 
 
-def _with_id_prefix(jobs: QuerySet[Job], prefix: str) -> QuerySet[Job]:
-    """Jobs whose id, written as 32 hex digits, starts with `prefix`. On PostgreSQL an id range
-    the primary key answers; elsewhere (SQLite stores the 32 digits as text) a text match."""
-    if not all(c in "0123456789abcdef" for c in prefix) or len(prefix) > 32:
+def jobs_with_id_prefix(jobs: QuerySet[Job], id_prefix: str) -> QuerySet[Job]:
+    """Jobs whose id starts with `id_prefix` (hex digits, with or without dashes, any case). On
+    PostgreSQL an id range the primary key answers; elsewhere (SQLite stores the 32 digits as
+    text) a text match."""
+    prefix = id_prefix.lower().replace("-", "")
+    if not prefix or not all(c in "0123456789abcdef" for c in prefix) or len(prefix) > 32:
         return jobs.none()
     if connections[jobs.db].vendor == "postgresql":
         low = uuid.UUID(prefix.ljust(32, "0"))
@@ -160,6 +161,13 @@ def job_deliveries(job: Job) -> QuerySet[WebhookDelivery]:
         .prefetch_related("attempt_log")
         .order_by("n")
     )
+
+
+def job_type_last_submitted(user: Viewer) -> str | None:
+    """The type of the newest job `user` owns, if any."""
+    if not user.is_authenticated:
+        return None
+    return Job.objects.filter(owner=user).order_by("-created_at").values_list("type", flat=True).first()
 
 
 def job_cancel_requested(job_id: JobId) -> bool:

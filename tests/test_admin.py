@@ -253,8 +253,33 @@ def test_search_by_full_job_id_finds_exactly_that_job(root_client, mixed_jobs):
     assert listed_ids(root_client.get(CHANGELIST, {"q": str(job.pk)})) == [str(job.pk)]
     # Surrounding blanks and upper case are the same id.
     assert listed_ids(root_client.get(CHANGELIST, {"q": f"  {str(job.pk).upper()} "})) == [str(job.pk)]
-    # A prefix of an id is not an id (and matches no type).
-    assert listed_ids(root_client.get(CHANGELIST, {"q": str(job.pk)[:8]})) == []
+
+
+def test_search_by_the_start_of_an_id_as_the_list_shows_it(root_client, mixed_jobs):
+    job = mixed_jobs["failed_fail"]
+    shown = str(job.pk)[:8]
+    assert shown in root_client.get(CHANGELIST).content.decode()  # what a person copies
+    for term in (shown, shown.upper(), str(job.pk)[:13], str(job.pk).replace("-", "")[:12]):
+        assert str(job.pk) in listed_ids(root_client.get(CHANGELIST, {"q": term})), term
+    others = {str(other.pk) for other in mixed_jobs.values()} - {str(job.pk)}
+    assert not others & set(listed_ids(root_client.get(CHANGELIST, {"q": str(job.pk)[:13]})))
+    # Too short to mean an id, and hex that starts no id: nothing (no type starts so either).
+    assert listed_ids(root_client.get(CHANGELIST, {"q": shown[:3]})) == []
+    unused = next(
+        prefix
+        for prefix in (f"{n:08x}" for n in range(1 << 16))
+        if not any(str(o.pk).startswith(prefix) for o in mixed_jobs.values())
+    )
+    assert listed_ids(root_client.get(CHANGELIST, {"q": unused})) == []
+
+
+def test_the_admin_is_branded_longrun_with_its_icon(root_client):
+    page = root_client.get("/admin/").content.decode()
+    assert "Longrun administration" in page and "Django administration" not in page
+    assert 'rel="icon"' in page and "favicon" in page
+    assert "<title>Jobs, webhooks and workers | Longrun admin</title>" in page
+    icon = root_client.get("/favicon.ico")
+    assert icon.status_code == 301 and icon["Location"].endswith(".svg")
 
 
 def test_search_by_metadata_key_value(root_client, user, other_user):

@@ -276,6 +276,8 @@ def test_operator_follows_and_cancels_jobs_live(chromium, stack, free_tcp_port, 
         expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live", timeout=15_000)
         expect(page.get_by_test_id("live-state")).to_have_text("Live")
         expect(page.get_by_test_id("job-type")).to_be_enabled()
+        # A first visit starts on a job that works, not on the demo "fail" (alphabetically first).
+        expect(page.get_by_test_id("job-type")).to_have_value("sleep")
         page.evaluate("window.__sameDocument = true")  # gone if the page ever reloads
         shot(page, "dashboard-empty")
 
@@ -480,6 +482,14 @@ def test_admin_change_list_shows_a_new_job_run_to_success_without_a_reload(
         assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
         shot(page, "change-list-succeeded")
         assert Job.objects.get(pk=job_id).status == JobStatus.SUCCEEDED
+
+        # Longrun's name in the header, and the id as the list shows it finds the job.
+        expect(page.locator("#site-name")).to_have_text("Longrun administration")
+        page.locator("#searchbar").fill(job_id[:8])
+        page.locator("#changelist-search input[type=submit]").click()
+        expect(page.locator("#result_list tbody tr")).to_have_count(1)
+        expect(page.locator("#result_list tbody tr").first).to_contain_text(job_id[:8])
+        shot(page, "change-list-search-by-id")
         assert problems == []
     finally:
         context.close()

@@ -128,6 +128,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         ],
     }
     type_names = sorted({known.name for known in registry.all_job_types()} | set(stats["by_type"]))
+    # The form offers what can run, starting on what this user ran last (else the first type
+    # registered, `sleep`: not the alphabetical first, which is the demo `fail`).
+    submit_types = [known.name for known in registry.all_job_types()]
+    last_type = selectors.job_type_last_submitted(request.user)
+    default_type = last_type if last_type in submit_types else registry.first_registered()
     is_staff = selectors.sees_every_job(request.user)
     config = {
         "isStaff": is_staff,
@@ -150,6 +155,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "finished_last_hour": sum(point["count"] for point in stats["finished_per_minute"]),
         "statuses": JobStatus.choices,
         "type_names": type_names,
+        "submit_types": submit_types,
+        "default_type": default_type,
         "filters": config["filters"],
         "config": config,
         "limits": {

@@ -187,6 +187,19 @@ def test_dashboard_for_staff_shows_everyone_and_subscribes_to_all(staff_browser,
     assert config["isStaff"] is True and config["scope"] == "all"
 
 
+def test_the_new_job_form_starts_on_the_last_type_i_ran_else_the_first_registered(browser, user):
+    def selected() -> list[str]:
+        page = browser.get("/").content.decode()
+        form = page[page.index('id="job-type"') : page.index("</select>", page.index('id="job-type"'))]
+        return re.findall(r'<option value="([^"]+)" selected>', form)
+
+    assert selected() == ["sleep"]  # not "fail", the alphabetical first
+    make_job(user, job_type="primes", params={"n": 10})
+    assert selected() == ["primes"]
+    make_job(user, type="gone-type")  # its type is no longer registered: not offered
+    assert selected() == ["sleep"]
+
+
 def test_dashboard_filters_by_status_and_type(browser, user):
     failed = make_job(user, job_type="fail", params={}, status=JobStatus.FAILED)
     queued = make_job(user)
