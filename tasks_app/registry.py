@@ -109,6 +109,11 @@ def first_registered() -> str | None:
     return next(iter(_registry), None)
 
 
+def job_types_in_registration_order() -> list[JobType]:
+    """The built-ins first (`sleep`, `primes`, `fail`), then those of LONGRUN_JOB_MODULES."""
+    return list(_registry.values())
+
+
 def all_job_types() -> list[JobType]:
     return sorted(_registry.values(), key=lambda jt: jt.name)
 

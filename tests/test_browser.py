@@ -614,3 +614,43 @@ def test_an_operator_sees_a_queue_without_workers_and_a_worker_getting_lost(
         assert problems == []
     finally:
         context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_an_api_client_submits_the_docs_example_with_try_it_out(chromium, stack, free_tcp_port, user):
+    """Swagger UI (/api/docs/) names each job type's body and its example is a job that runs:
+    signed in, "Try it out" then "Execute" submits it as shown (202)."""
+    from playwright.sync_api import expect
+
+    stack.start_daphne(free_tcp_port)
+    base = f"http://127.0.0.1:{free_tcp_port}"
+    shot = Shots("api-docs")
+    context = chromium.new_context(base_url=base, viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    try:
+        page.goto("/accounts/login/?next=/api/docs/")
+        page.get_by_label("Username").fill(user.username)
+        page.get_by_label("Password").fill("alice-password-123")
+        page.get_by_test_id("login-submit").click()
+        expect(page).to_have_url(f"{base}/api/docs/")
+        submit = page.locator("#operations-jobs-jobs_create")
+        submit.locator(".opblock-summary").click()
+        body = submit.locator(".opblock-section-request-body")
+        example = body.locator(".microlight, pre").first
+        expect(example).to_contain_text('"type": "sleep"')
+        body.get_by_text("Schema", exact=True).first.click()
+        body.get_by_text("Expand all").nth(1).click()
+        for type_name in ("sleep", "primes", "fail"):
+            expect(body).to_contain_text(f"#/components/schemas/{type_name.capitalize()}JobRequest")
+        shot(page, "submission-body")
+        submit.get_by_role("button", name="Try it out").click()
+        submit.get_by_role("button", name="Execute").click()
+        expect(submit.locator(".live-responses-table tr.response .response-col_status").first).to_have_text(
+            "202", timeout=15_000
+        )
+        shot(page, "submitted")
+        assert Job.objects.filter(owner=user, type="sleep").count() == 1
+    finally:
+        context.close()

@@ -47,15 +47,22 @@ def job_type_variants(result: dict[str, Any], generator: Any, request: Any, publ
         metadata["maxProperties"] = METADATA_MAX_KEYS
         metadata["propertyNames"] = {"pattern": METADATA_KEY_PATTERN.pattern, "maxLength": METADATA_KEY_MAX}
     variants, mapping = [], {}
-    for job_type in registry.all_job_types():
+    # In registration order: Swagger UI's example and "Try it out" take the first variant, which
+    # should be a job that works (`sleep`), not the alphabetical first (`fail`).
+    for job_type in registry.job_types_in_registration_order():
         stem = _component_name(job_type.name)
         params = copy.deepcopy(job_type.params_schema)
         params.setdefault("description", f"Parameters of the `{job_type.name}` job type.")
         schemas[f"{stem}Params"] = params
         variant = copy.deepcopy(base)
+        # Swagger UI names each alternative by its title; without one it says "object".
+        variant["title"] = f"{job_type.name} job"
         variant["description"] = f"Submit a `{job_type.name}` job: {job_type.description}"
         variant["properties"]["type"] = {"type": "string", "enum": [job_type.name]}
         variant["properties"]["params"] = {"$ref": f"#/components/schemas/{stem}Params"}
+        # Swagger UI leaves the discriminator out of the example it builds, so "Try it out"
+        # would send no type: each variant brings a complete, valid example of its own.
+        variant["example"] = {"type": job_type.name, "params": registry.apply_defaults(job_type, {})}
         schemas[f"{stem}JobRequest"] = variant
         ref = f"#/components/schemas/{stem}JobRequest"
         variants.append({"$ref": ref})
