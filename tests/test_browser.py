@@ -366,8 +366,17 @@ def test_operator_follows_and_cancels_jobs_live(chromium, stack, free_tcp_port, 
         expect(page.get_by_test_id("job-progress")).not_to_have_attribute("value", "0", timeout=10_000)
         shot(page, "detail-running")
 
+        # Cancel asks first: saying no changes nothing; yes cancels.
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        page.get_by_test_id("cancel-button").click()
+        expect(page.get_by_test_id("cancel-button")).to_have_text("Cancel")
+        assert Job.objects.get(pk=primes_id).cancel_requested_at is None
+        page.once("dialog", lambda dialog: dialog.accept())
         page.get_by_test_id("cancel-button").click()
         expect(detail).to_have_attribute("data-status", "cancelled", timeout=30_000)
+        # The outcome says it was cancelled; the note under the buttons does not say it again.
+        expect(page.get_by_test_id("job-outcome")).to_contain_text("Cancelled before it finished.")
+        expect(page.locator("[data-action-status]")).to_have_text("")
         expect(page.get_by_test_id("job-status")).to_have_text("Cancelled")
         expect(page.get_by_test_id("cancel-button")).to_be_hidden()
         expect(page.get_by_test_id("retry-button")).to_be_visible()
@@ -652,5 +661,46 @@ def test_an_api_client_submits_the_docs_example_with_try_it_out(chromium, stack,
         )
         shot(page, "submitted")
         assert Job.objects.filter(owner=user, type="sleep").count() == 1
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_note_goes_once_the_new_attempt_has_ended(
+    chromium, stack, free_tcp_port, user, django_capture_on_commit_callbacks
+):
+    from playwright.sync_api import expect
+
+    stack.env["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"] = "1"
+    stack.start_ready_worker("worker", concurrency=1)
+    stack.start_daphne(free_tcp_port)
+    base = f"http://127.0.0.1:{free_tcp_port}"
+    with django_capture_on_commit_callbacks(execute=True):
+        job = submission.job_create(
+            owner=user, type="fail", params={"delay": 1, "message": "again"}, max_attempts=1
+        )
+    wait_for(
+        lambda: Job.objects.get(pk=job.pk).status == JobStatus.FAILED, timeout=30, what="the job to fail"
+    )
+    shot = Shots("retry-note")
+    context = chromium.new_context(base_url=base, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(f"/accounts/login/?next=/jobs/{job.pk}/")
+        page.get_by_label("Username").fill(user.username)
+        page.get_by_label("Password").fill("alice-password-123")
+        page.get_by_test_id("login-submit").click()
+        expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live", timeout=15_000)
+        note = page.locator("[data-action-status]")
+        page.get_by_test_id("retry-button").click()
+        expect(note).to_have_text("Queued again as a new attempt.")
+        expect(page.get_by_test_id("job-status")).to_have_text("Running", timeout=30_000)
+        expect(note).to_have_text("Queued again as a new attempt.")  # still true while it runs
+        shot(page, "running-again")
+        expect(page.get_by_test_id("job-status")).to_have_text("Failed", timeout=30_000)
+        expect(note).to_have_text("")  # it failed again: the note no longer describes the job
+        shot(page, "failed-again")
     finally:
         context.close()

@@ -34,6 +34,9 @@ const canChange = page.dataset.canChange === "true";
 const waitReason = page.querySelector("[data-wait-reason]");
 let busy = false;
 let awaitingCancel = false; // a cancel was requested here and the job has not stopped yet
+// The status the job had when the action note ("Queued again…") was written: the note is about
+// that moment, and goes once the job has moved on to an end.
+let noteStatus = null;
 
 // --- rendering ------------------------------------------------------------------------------
 
@@ -112,7 +115,10 @@ function render() {
   setText(cancelButton, cancelling ? "Cancel requested" : "Cancel");
   if (awaitingCancel && !active) {
     awaitingCancel = false;
-    setText(actionStatus, job.status === "cancelled" ? "Cancelled." : `It ${job.status} before the cancel reached it.`);
+    // Cancelled: the badge and the outcome say so. Otherwise say why the cancel did not land.
+    note(job.status === "cancelled" ? "" : `It ${job.status} before the cancel reached it.`);
+  } else if (noteStatus && job.status !== noteStatus && !active) {
+    note("");
   }
   retryButton.hidden = !canChange || !(job.status === "failed" || job.status === "cancelled");
   retryButton.disabled = busy;
@@ -181,12 +187,20 @@ async function fetchEvents() {
 
 // --- actions --------------------------------------------------------------------------------
 
+function note(text) {
+  setText(actionStatus, text);
+  noteStatus = text ? job.status : null;
+}
+
 async function act(kind, button) {
   if (busy) return;
+  if (kind === "cancel" && !window.confirm(`Cancel this ${job.type} job? A running job stops at its next check.`)) {
+    return;
+  }
   busy = true;
   actionError.hidden = true;
   actionError.textContent = "";
-  setText(actionStatus, kind === "cancel" ? "Cancelling…" : "Retrying…");
+  note(kind === "cancel" ? "Cancelling…" : "Retrying…");
   render();
   let result = null;
   try {
@@ -198,15 +212,15 @@ async function act(kind, button) {
   if (result && result.ok && result.data) {
     stream.note(result.data);
     apply(result.data);
-    if (kind === "retry") setText(actionStatus, "Queued again as a new attempt.");
-    else if (result.data.status === "cancelled") setText(actionStatus, "Cancelled.");
+    if (kind === "retry") note("Queued again as a new attempt.");
+    else if (result.data.status === "cancelled") note(""); // the badge and the outcome say so
     else {
       awaitingCancel = true;
-      setText(actionStatus, "Cancel requested: the job stops at its next check.");
+      note("Cancel requested: the job stops at its next check.");
     }
     fetchEvents();
   } else {
-    setText(actionStatus, "");
+    note("");
     actionError.textContent = result ? problemText(result) : "Could not reach the server; try again.";
     actionError.hidden = false;
     if (result && result.status === 409) stream.refresh(job.id); // our view of it was stale
