@@ -328,6 +328,12 @@ def test_operator_follows_and_cancels_jobs_live(chromium, stack, free_tcp_port, 
         stack.stop(daphne)
         expect(live).to_have_attribute("data-state", "reconnecting", timeout=10_000)
         expect(live).to_have_text("Reconnecting…")
+        # More than a label: a banner says so and the page's actions pause until it is back.
+        banner = page.get_by_test_id("connection-banner")
+        expect(banner).to_be_visible()
+        expect(banner).to_contain_text("The server cannot be reached")
+        expect(page.get_by_test_id("submit-job")).to_be_disabled()
+        expect(page.get_by_test_id("filter-status")).to_be_disabled()
         shot(page, "reconnecting", full_page=False)
         missed = submission.job_create(owner=dora, type="sleep", params={"seconds": 0.2, "steps": 2})
         wait_for(
@@ -336,6 +342,9 @@ def test_operator_follows_and_cancels_jobs_live(chromium, stack, free_tcp_port, 
         )
         daphne = stack.start_daphne(free_tcp_port)
         expect(live).to_have_attribute("data-state", "live", timeout=45_000)
+        expect(banner).to_be_hidden()
+        expect(page.get_by_test_id("submit-job")).to_be_enabled()
+        expect(page.get_by_test_id("filter-status")).to_be_enabled()
         missed_row = page.locator(f'tr[data-job-id="{missed.pk}"]')
         expect(missed_row).to_have_attribute("data-status", "succeeded", timeout=10_000)
         expect(page.get_by_test_id("count-succeeded").locator(".count")).to_have_text("2", timeout=10_000)

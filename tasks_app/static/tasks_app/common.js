@@ -112,6 +112,7 @@ const STATE_LABELS = { connecting: "Connecting…", live: "Live", reconnecting: 
  */
 export function liveIndicator(el = document.querySelector("[data-live-indicator]")) {
   return (state) => {
+    serverGone(state === "reconnecting" || state === "offline");
     if (!el) return;
     el.hidden = false;
     el.dataset.state = state;
@@ -119,6 +120,35 @@ export function liveIndicator(el = document.querySelector("[data-live-indicator]
     el.title = state === "live" ? "Receiving live updates" : state === "offline"
       ? "Not connected; the page is not updating" : "Trying to reconnect; the page may be out of date";
   };
+}
+
+// What the page's actions are while the server is out of reach: every button, field and form of
+// the page (not the top bar's), disabled; those that were disabled already are left as they were.
+const ACTIONS = "main button, main input, main select, main textarea, main fieldset";
+
+/**
+ * While the live connection is down (`gone`), say so in a banner at the top of the page and
+ * pause the page's actions; when it is back, take the banner away and give them back.
+ */
+export function serverGone(gone) {
+  let banner = document.querySelector("[data-connection-banner]");
+  if (gone && !banner) {
+    banner = h("div", { class: "connection-banner", role: "alert", dataset: { connectionBanner: "", testid: "connection-banner" } },
+      h("strong", {}, "The server cannot be reached. "),
+      "This page is not updating and its actions are paused; it reconnects by itself.");
+    document.querySelector("main")?.prepend(banner);
+  }
+  if (banner) banner.hidden = !gone;
+  document.body.dataset.connection = gone ? "down" : "up";
+  for (const control of document.querySelectorAll(ACTIONS)) {
+    if (gone && !control.disabled) {
+      control.disabled = true;
+      control.dataset.pausedOffline = "";
+    } else if (!gone && "pausedOffline" in control.dataset) {
+      control.disabled = false;
+      delete control.dataset.pausedOffline;
+    }
+  }
 }
 
 /** Call `fn` at most once every `ms`, always eventually after the last request. */
