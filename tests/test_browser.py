@@ -13,6 +13,7 @@ it is missing these tests are skipped, except under CI (environment variable CI)
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -697,10 +698,18 @@ def test_a_retry_note_goes_once_the_new_attempt_has_ended(
     context = chromium.new_context(base_url=base, viewport={"width": 1280, "height": 900})
     page = context.new_page()
     try:
-        page.goto(f"/accounts/login/?next=/jobs/{job.pk}/")
+        page.goto("/accounts/login/?next=/")
         page.get_by_label("Username").fill(user.username)
         page.get_by_label("Password").fill("alice-password-123")
         page.get_by_test_id("login-submit").click()
+        # The dashboard row says how it went: its error, its attempts and how long it ran.
+        row = page.locator(f'tr[data-job-id="{job.pk}"]')
+        failed = Job.objects.get(pk=job.pk)
+        expect(row.get_by_test_id("job-error")).to_have_text(f"{failed.error['type']}: again")
+        expect(row.locator("[data-col=attempts]")).to_have_text("1 of 1")
+        expect(row.locator("[data-col=duration]")).to_have_text(re.compile(r"^(\d+ ms|1 s|2 s)$"))
+        shot(page, "dashboard-failed-row")
+        page.goto(f"/jobs/{job.pk}/")
         expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live", timeout=15_000)
         note = page.locator("[data-action-status]")
         page.get_by_test_id("retry-button").click()
@@ -711,5 +720,7 @@ def test_a_retry_note_goes_once_the_new_attempt_has_ended(
         expect(page.get_by_test_id("job-status")).to_have_text("Failed", timeout=30_000)
         expect(note).to_have_text("")  # it failed again: the note no longer describes the job
         shot(page, "failed-again")
+        page.goto("/")
+        expect(row.locator("[data-col=attempts]")).to_have_text("2 of 2")
     finally:
         context.close()

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import uuid
+from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from django.conf import settings
 from django.contrib.staticfiles import finders
 from django.test import Client
+from django.utils import timezone
 
 from tasks_app.conf import JOB_QUEUE, LONGRUN_QUEUES, SNAPSHOT_LIMIT
 from tasks_app.models import Job, JobStatus
@@ -198,6 +200,24 @@ def test_the_new_job_form_starts_on_the_last_type_i_ran_else_the_first_registere
     assert selected() == ["primes"]
     make_job(user, type="gone-type")  # its type is no longer registered: not offered
     assert selected() == ["sleep"]
+
+
+def test_a_failed_row_shows_its_error_its_attempts_and_how_long_it_ran(browser, user):
+    now = timezone.now()
+    make_job(
+        user,
+        status="failed",
+        attempts=2,
+        max_attempts=3,
+        error={"type": "DemoError", "message": "it broke"},
+        started_at=now - timedelta(seconds=5),
+        finished_at=now,
+    )
+    page = browser.get("/").content.decode()
+    row = page[page.index('data-testid="job-row"') : page.index("</tr>", page.index('data-testid="job-row"'))]
+    assert "DemoError: it broke" in row
+    assert "2 of 3" in row
+    assert 'data-col="duration" data-started="' in row and 'data-finished="' in row  # common.js formats it
 
 
 def test_dashboard_filters_by_status_and_type(browser, user):

@@ -67,6 +67,30 @@ export function formatTime(iso, { full = false } = {}) {
   return timeFormat.format(date);
 }
 
+/** How long from `startIso` to `endIso` (or to now while it runs): "850 ms", "12 s", "3 min 5 s", "2 h 4 min". */
+export function formatDuration(startIso, endIso = null) {
+  if (!startIso) return "—";
+  const ms = (endIso ? new Date(endIso) : new Date()) - new Date(startIso);
+  if (!Number.isFinite(ms) || ms < 0) return "—";
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  const seconds = Math.round(ms / 1000);
+  if (seconds < 60) return `${seconds} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${seconds % 60} s`;
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
+/** What a job's duration cell says: how long it ran, "running 12 s" while it does, "—" before. */
+export function jobDuration(job) {
+  if (!job.started_at) return "—";
+  return job.finished_at ? formatDuration(job.started_at, job.finished_at) : `running ${formatDuration(job.started_at)}`;
+}
+
+/** A failed job's error in one line ("ValueError: boom"); "" otherwise. */
+export function errorLine(job) {
+  return job.error ? `${job.error.type}: ${job.error.message}` : "";
+}
+
 export function clockTime(iso) {
   const date = new Date(iso);
   return Number.isNaN(date.getTime()) ? "" : clockFormat.format(date);

@@ -4,7 +4,8 @@
 import { JobStream } from "./live.js";
 import { JobForm } from "./jobform.js";
 import {
-  ACTIVE, UUID_RE, api, formatTime, h, liveIndicator, localizeTimes, readConfig, setText, statusLabel, throttle,
+  ACTIVE, UUID_RE, api, errorLine, formatTime, h, jobDuration, liveIndicator, localizeTimes, readConfig, setText,
+  statusLabel, throttle,
 } from "./common.js";
 
 const config = readConfig("dashboard-config");
@@ -59,7 +60,10 @@ function buildRow(job) {
     h("td", { "data-label": "Status" }, h("span", { class: "badge", "data-testid": "job-status" })),
     h("td", { "data-label": "Progress", class: "progress-cell" },
       h("div", { class: "progress-line" }, progress, h("span", { class: "pct" })),
-      h("div", { class: "progress-message", "data-testid": "job-progress-message" })),
+      h("div", { class: "progress-message", "data-testid": "job-progress-message" }),
+      h("div", { class: "row-error", "data-testid": "job-error", hidden: true })),
+    h("td", { "data-label": "Attempts", "data-col": "attempts" }),
+    h("td", { "data-label": "Duration", "data-col": "duration" }),
   ];
   if (isStaff) cells.push(h("td", { "data-label": "Owner", "data-col": "owner" }));
   cells.push(h("td", { "data-label": "Created" }, h("time", { datetime: job.created_at })));
@@ -79,6 +83,14 @@ function updateRow(row, job) {
   progress.textContent = `${job.progress}%`;
   setText(row.querySelector(".pct"), `${job.progress}%`);
   setText(row.querySelector(".progress-message"), job.progress_message);
+  const error = row.querySelector(".row-error");
+  setText(error, errorLine(job));
+  error.hidden = !job.error;
+  setText(row.querySelector("[data-col=attempts]"), `${job.attempts} of ${job.max_attempts}`);
+  const duration = row.querySelector("[data-col=duration]");
+  duration.dataset.started = job.started_at || "";
+  duration.dataset.finished = job.finished_at || "";
+  setText(duration, jobDuration(job));
   const type = row.querySelector("[data-col=type]") || row.cells[1];
   setText(type, job.type);
   const owner = row.querySelector("[data-col=owner]");
@@ -94,6 +106,19 @@ const rows = new Map(); // job id -> <tr>, adopted from the server's markup on l
 for (const node of [...tbody.childNodes]) if (node.nodeType !== Node.ELEMENT_NODE) node.remove();
 for (const row of tbody.querySelectorAll("tr[data-job-id]")) rows.set(row.dataset.jobId, row);
 localizeTimes(tbody);
+
+/** The duration cells from their data attributes: the server's markup, and every second the
+ * running ones (so "running 12 s" counts up without a message). */
+function refreshDurations() {
+  for (const cell of tbody.querySelectorAll("[data-col=duration]")) {
+    const { started, finished } = cell.dataset;
+    setText(cell, jobDuration({ started_at: started || null, finished_at: finished || null }));
+  }
+}
+refreshDurations();
+setInterval(() => {
+  if (tbody.querySelector('tr[data-status="running"]')) refreshDurations();
+}, 1000);
 
 let renderQueued = false;
 function render() {
