@@ -196,9 +196,13 @@ def job_totals(*, owner_id: int | None = None) -> dict[tuple[str, str], int]:
     return {key: n for key, n in totals.items() if n}
 
 
+# The outcomes the chart stacks, in its order (bottom first).
+FINISHED_OUTCOMES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
 def job_stats(user: Viewer, *, minutes: int = 60) -> dict[str, Any]:
     """Counts per status and per type of the jobs `user` may see, and how many finished in each
-    of the last `minutes` minutes (oldest first, zeros included). The counts come from
+    of the last `minutes` minutes, in all and per outcome (oldest first, zeros included). The counts come from
     `job_counts` (a few rows whatever the number of jobs); the chart reads only the jobs that
     finished in the window."""
     jobs = job_list_visible(user).order_by()
@@ -209,18 +213,23 @@ def job_stats(user: Viewer, *, minutes: int = 60) -> dict[str, Any]:
         by_type[job_type] = by_type.get(job_type, 0) + n
     now = timezone.now().replace(second=0, microsecond=0)
     since = now - timedelta(minutes=minutes - 1)
-    finished = dict(
+    finished = (
         jobs.filter(finished_at__gte=since)
         .annotate(minute=TruncMinute("finished_at"))
-        .values_list("minute")
-        .annotate(n=Count("*"))  # not Count("id"): the finished_at index alone answers it
+        .values_list("minute", "status")
+        .annotate(n=Count("*"))
     )
     # Keys may come back naive (SQLite) or aware (PostgreSQL); compare them as UTC.
-    per_minute = {_as_utc(minute): n for minute, n in finished.items()}
+    per_minute: dict[datetime, dict[str, int]] = {}
+    for minute, status, n in finished:
+        per_minute.setdefault(_as_utc(minute), {})[status] = n
     series = []
     for step in range(minutes):
         minute = since + timedelta(minutes=step)
-        series.append({"minute": minute, "count": per_minute.get(_as_utc(minute), 0)})
+        by_outcome = per_minute.get(_as_utc(minute), {})
+        outcomes: dict[str, int] = {str(status): by_outcome.get(status, 0) for status in FINISHED_OUTCOMES}
+        point: dict[str, Any] = {"minute": minute, "count": sum(outcomes.values()), **outcomes}
+        series.append(point)
     return {"by_status": by_status, "by_type": by_type, "finished_per_minute": series}
 
 

@@ -724,3 +724,51 @@ def test_a_retry_note_goes_once_the_new_attempt_has_ended(
         expect(row.locator("[data-col=attempts]")).to_have_text("2 of 2")
     finally:
         context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_the_chart_stacks_each_outcome_in_its_colour_with_counts_on_hover(
+    chromium, stack, free_tcp_port, user
+):
+    from django.utils import timezone
+    from playwright.sync_api import expect
+
+    now = timezone.now()
+    for status, n in (("succeeded", 3), ("failed", 2), ("cancelled", 1)):
+        for _ in range(n):
+            Job.objects.create(owner=user, type="sleep", status=status, started_at=now, finished_at=now)
+    stack.start_daphne(free_tcp_port)
+    base = f"http://127.0.0.1:{free_tcp_port}"
+    shot = Shots("chart")
+    context = chromium.new_context(base_url=base, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto("/accounts/login/?next=/")
+        page.get_by_label("Username").fill(user.username)
+        page.get_by_label("Password").fill("alice-password-123")
+        page.get_by_test_id("login-submit").click()
+        legend = page.locator("[data-chart] .u-legend")
+        expect(legend).to_contain_text("Succeeded")
+        expect(legend).to_contain_text("Failed")
+        expect(legend).to_contain_text("Cancelled")
+        # Three colours, one per outcome, none of them the others'.
+        colours = page.locator("[data-chart] .u-legend .u-series .u-marker").evaluate_all(
+            "markers => markers.map(m => getComputedStyle(m).backgroundColor)"
+        )
+        assert len(set(colours[1:])) == 3, colours
+        # Hover over this minute's bar: the legend gives each outcome's own count.
+        box = page.locator("[data-chart] .u-over").bounding_box()
+        page.mouse.move(box["x"] + box["width"] - 6, box["y"] + box["height"] - 4)
+        values = dict(
+            zip(
+                legend.locator(".u-series .u-label").all_inner_texts(),
+                legend.locator(".u-series .u-value").all_inner_texts(),
+                strict=True,
+            )
+        )
+        assert (values["Succeeded"], values["Failed"], values["Cancelled"]) == ("3", "2", "1"), values
+        shot(page, "hover", full_page=False)
+    finally:
+        context.close()

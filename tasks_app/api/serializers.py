@@ -180,7 +180,10 @@ class JobBulkCancelResultSerializer(serializers.Serializer):
 
 class StatsMinuteSerializer(serializers.Serializer):
     minute = serializers.DateTimeField()
-    count = serializers.IntegerField()
+    count = serializers.IntegerField(help_text="Jobs that ended in this minute, whatever their outcome.")
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    cancelled = serializers.IntegerField()
 
 
 class StatsSerializer(serializers.Serializer):

@@ -123,8 +123,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "by_status": stats["by_status"],
         "by_type": stats["by_type"],
         "finished_per_minute": [
-            {"minute": point["minute"].isoformat(), "count": point["count"]}
-            for point in stats["finished_per_minute"]
+            {**point, "minute": point["minute"].isoformat()} for point in stats["finished_per_minute"]
         ],
     }
     type_names = sorted({known.name for known in registry.all_job_types()} | set(stats["by_type"]))

@@ -796,6 +796,9 @@ def test_stats_finished_per_minute_buckets_the_last_hour_oldest_first(api, staff
 
     staff_counts = [entry["count"] for entry in _stats(staff_api)["finished_per_minute"]]
     assert staff_counts[54] == 3 and sum(staff_counts) == 3
+    # Per outcome too (the dashboard stacks them): one succeeded and one failed in that minute.
+    assert (series[54]["succeeded"], series[54]["failed"], series[54]["cancelled"]) == (1, 1, 0)
+    assert all(e["succeeded"] + e["failed"] + e["cancelled"] == e["count"] for e in series)
 
 
 # --- Location, OpenAPI schema and docs ------------------------------------------------------

@@ -186,39 +186,66 @@ function showStats(stats) {
   drawChart(series);
 }
 
+// The outcomes stacked in the chart, bottom first, in the badges' colours.
+const OUTCOMES = [
+  { status: "succeeded", label: "Succeeded", stroke: "#1a7f37", fill: "rgba(26, 127, 55, 0.55)" },
+  { status: "failed", label: "Failed", stroke: "#cf222e", fill: "rgba(207, 34, 46, 0.55)" },
+  { status: "cancelled", label: "Cancelled", stroke: "#59636e", fill: "rgba(89, 99, 110, 0.45)" },
+];
+
+/**
+ * [x, ...one series per outcome, top of the stack first]: each series is the sum of its outcome
+ * and those below it, so drawing them in that order shows the stack. An empty minute is null, not
+ * 0: a bar of height 0 would still draw its outline along the axis.
+ */
+function chartData(series) {
+  const xs = series.map((point) => Math.floor(new Date(point.minute).getTime() / 1000));
+  const stacked = OUTCOMES.map((_, level) => series.map((point) => {
+    const sum = OUTCOMES.slice(0, level + 1).reduce((total, o) => total + (point[o.status] || 0), 0);
+    return sum > 0 ? sum : null;
+  }));
+  return [xs, ...stacked.reverse()];
+}
+
+let chartSeries = [];
+
 function drawChart(series) {
   const uPlot = window.uPlot;
   if (!uPlot || !chartEl) return;
-  const xs = series.map((point) => Math.floor(new Date(point.minute).getTime() / 1000));
-  const ys = series.map((point) => point.count);
-  const data = [xs, ys];
+  chartSeries = series;
+  const data = chartData(series);
   if (chart) {
     chart.setData(data);
     return;
   }
   const width = Math.max(chartEl.clientWidth, 200);
+  const minuteFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+  const bars = uPlot.paths.bars({ size: [0.8, 24], align: 0 });
   chart = new uPlot({
     width,
     height: CHART_HEIGHT,
-    legend: { show: false },
+    // The legend names each colour and, under the cursor, gives that minute's own counts.
+    legend: { show: true, live: true },
     cursor: { drag: { x: false, y: false }, points: { show: false } },
     // Half a minute of room on each side, so the first and last bars are whole.
-    scales: { x: { time: true, range: (u, min, max) => [min - 30, max + 30] }, y: { range: (u, min, max) => [0, Math.max(4, Math.ceil(max * 1.15))] } },
+    scales: { x: { time: true, range: (u, min, max) => [min - 30, max + 30] }, y: { range: (u, min, max) => [0, Math.max(4, Math.ceil((max || 0) * 1.15))] } },
     axes: [
       { stroke: "#59636e", grid: { show: false }, ticks: { stroke: "#d1d9e0" } },
       { stroke: "#59636e", grid: { stroke: "#eaeef2" }, ticks: { show: false }, size: 40,
         values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? v : "")) },
     ],
     series: [
-      {},
-      {
-        label: "Finished",
-        stroke: "#1a7f37",
-        fill: "rgba(26, 127, 55, 0.35)",
+      { label: "Minute", value: (u, v) => (v == null ? "—" : minuteFormat.format(new Date(v * 1000))) },
+      ...[...OUTCOMES].reverse().map((outcome) => ({
+        label: outcome.label,
+        stroke: outcome.stroke,
+        fill: outcome.fill,
         width: 1,
-        paths: uPlot.paths.bars({ size: [0.8, 24], align: 0 }),
+        paths: bars,
         points: { show: false },
-      },
+        // The stack's sums are drawn; the legend shows the minute's own count of this outcome.
+        value: (u, v, seriesIdx, idx) => (idx == null || !chartSeries[idx] ? "—" : String(chartSeries[idx][outcome.status] || 0)),
+      })),
     ],
   }, data, chartEl);
   new ResizeObserver(() => {
