@@ -84,6 +84,14 @@ class Shots:
         return path
 
 
+def sign_in(page, username: str, password: str, *, next_url: str = "/") -> None:
+    """Through the login page, as a person does."""
+    page.goto(f"/accounts/login/?next={next_url}")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_test_id("login-submit").click()
+
+
 # --- live.js against a fake WebSocket --------------------------------------------------------
 
 FAKE_WEBSOCKET = """
@@ -534,12 +542,6 @@ def test_view_only_staff_get_no_actions_and_repeated_wrong_passwords_pause_sign_
     shot = Shots("security")
     problems: list[str] = []
 
-    def sign_in(page, username: str, password: str) -> None:
-        page.goto("/accounts/login/")
-        page.get_by_label("Username").fill(username)
-        page.get_by_label("Password").fill(password)
-        page.get_by_test_id("login-submit").click()
-
     context = chromium.new_context(base_url=base, viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.on("pageerror", lambda error: problems.append(str(error)))
@@ -597,10 +599,7 @@ def test_an_operator_sees_a_queue_without_workers_and_a_worker_getting_lost(
     page = context.new_page()
     page.on("pageerror", lambda error: problems.append(str(error)))
     try:
-        page.goto("/accounts/login/")
-        page.get_by_label("Username").fill("carol")
-        page.get_by_label("Password").fill("carol-password-123")
-        page.get_by_test_id("login-submit").click()
+        sign_in(page, "carol", "carol-password-123")
         banner = page.get_by_test_id("unserved-queues")
         expect(banner).to_contain_text("No live worker reads longrun.maintenance, longrun.webhooks")
         shot(page, "dashboard-warns")
@@ -649,10 +648,7 @@ def test_an_api_client_submits_the_docs_example_with_try_it_out(chromium, stack,
     context = chromium.new_context(base_url=base, viewport={"width": 1280, "height": 1000})
     page = context.new_page()
     try:
-        page.goto("/accounts/login/?next=/api/docs/")
-        page.get_by_label("Username").fill(user.username)
-        page.get_by_label("Password").fill("alice-password-123")
-        page.get_by_test_id("login-submit").click()
+        sign_in(page, user.username, "alice-password-123", next_url="/api/docs/")
         expect(page).to_have_url(f"{base}/api/docs/")
         submit = page.locator("#operations-jobs-jobs_create")
         submit.locator(".opblock-summary").click()
@@ -698,10 +694,7 @@ def test_a_retry_note_goes_once_the_new_attempt_has_ended(
     context = chromium.new_context(base_url=base, viewport={"width": 1280, "height": 900})
     page = context.new_page()
     try:
-        page.goto("/accounts/login/?next=/")
-        page.get_by_label("Username").fill(user.username)
-        page.get_by_label("Password").fill("alice-password-123")
-        page.get_by_test_id("login-submit").click()
+        sign_in(page, user.username, "alice-password-123")
         # The dashboard row says how it went: its error, its attempts and how long it ran.
         row = page.locator(f'tr[data-job-id="{job.pk}"]')
         failed = Job.objects.get(pk=job.pk)
@@ -745,10 +738,7 @@ def test_the_chart_stacks_each_outcome_in_its_colour_with_counts_on_hover(
     context = chromium.new_context(base_url=base, viewport={"width": 1280, "height": 900})
     page = context.new_page()
     try:
-        page.goto("/accounts/login/?next=/")
-        page.get_by_label("Username").fill(user.username)
-        page.get_by_label("Password").fill("alice-password-123")
-        page.get_by_test_id("login-submit").click()
+        sign_in(page, user.username, "alice-password-123")
         legend = page.locator("[data-chart] .u-legend")
         expect(legend).to_contain_text("Succeeded")
         expect(legend).to_contain_text("Failed")
