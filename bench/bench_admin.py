@@ -5,7 +5,7 @@ on the same server (created here; dropped and re-created unless --reuse), loads 
 one INSERT ... SELECT FROM generate_series, and times, with Django's test client logged in as a
 superuser (median of --runs after a warm-up), the same pages on two admin sites in one run:
 
-  ours:     tasks_app.admin.JobAdmin (capped counts, registered-type filter, owner joined)
+  ours:     tasks_app.admin.jobs.JobAdmin (capped counts, registered-type filter, owner joined)
   baseline: a plain ModelAdmin for Job on a second AdminSite, with Django's defaults (Paginator
             with a full COUNT(*), show_full_result_count=True, list_filter on the type field,
             list_select_related left alone) and the same kind of columns and 50 rows a page
@@ -235,7 +235,8 @@ def main() -> None:
     from django.urls import path
     from django.utils import timezone
 
-    from tasks_app.admin import COUNT_CAP, JobAdmin
+    from tasks_app.admin.common import COUNT_CAP
+    from tasks_app.admin.jobs import JobAdmin
     from tasks_app.models import Job
 
     assert connection.vendor == "postgresql" and settings.DATABASES["default"]["NAME"] == BENCH_DB

@@ -1,9 +1,4 @@
-"""The Django admin as an operations console for jobs.
-
-Lifecycle fields are read-only: every change goes through the same services as the API, and the
-actions record who did it in the job's history. Built to stay fast on a large table: no full
-COUNT(*) per page, filters that match the indexes, the owner joined in the same query.
-"""
+"""The job admin: the operations console for jobs (list, search, page, actions)."""
 
 from __future__ import annotations
 
@@ -11,59 +6,25 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 from django.core.exceptions import ValidationError
-from django.core.paginator import Paginator
-from django.db import connection
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
-from . import registry, selectors
-from .exceptions import JobStateError, JobValidationError
-from .forms import MetadataFilterField
-from .models import DeliveryStatus, Job, JobEvent, JobStatus, WebhookAttempt, WebhookDelivery, WorkerNode
-from .services import control
-from .services import webhooks as webhook_state
+from .. import registry, selectors
+from ..exceptions import JobStateError, JobValidationError
+from ..forms import MetadataFilterField
+from ..models import Job, JobEvent, JobStatus, WebhookDelivery
+from ..services import control
+from .common import CappedCountPaginator, ReadOnlyInline
 
-# Counting past this many matching rows is not worth a full scan: the page count becomes "at least".
-COUNT_CAP = 10_000
 # The shortest id start the search looks for (the list shows 8 digits).
 ID_PREFIX_MIN = 4
-
-# The admin is Longrun's operations console: it says so (templates/admin/base_site.html adds the icon).
-admin.site.site_header = "Longrun administration"
-admin.site.site_title = "Longrun admin"
-admin.site.index_title = "Jobs, webhooks and workers"
-
-
-class CappedCountPaginator(Paginator):
-    """A paginator that never counts a whole large table: an unfiltered list uses PostgreSQL's
-    row estimate, a filtered one counts at most COUNT_CAP + 1 rows."""
-
-    @cached_property
-    def count(self) -> int:
-        queryset = cast(QuerySet[Job], self.object_list)
-        if connection.vendor == "postgresql" and not queryset.query.where:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [Job._meta.db_table]
-                )
-                row = cursor.fetchone()
-            estimate = int(row[0]) if row else 0
-            if estimate > COUNT_CAP:
-                return estimate
-        return queryset.order_by()[: COUNT_CAP + 1].count()
-
-    @cached_property
-    def num_pages(self) -> int:
-        # No link deeper than the cap: an OFFSET of a million rows is a scan of a million rows.
-        return min(super().num_pages, max(1, COUNT_CAP // self.per_page))
 
 
 class JobTypeFilter(admin.SimpleListFilter):
@@ -77,22 +38,6 @@ class JobTypeFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         return queryset.filter(type=self.value()) if self.value() else queryset
-
-
-class ReadOnlyInline(admin.TabularInline):
-    """Rows shown under their parent, never added, changed or deleted by hand."""
-
-    extra = 0
-    can_delete = False
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return list(flatten_fieldsets(self.get_fieldsets(request, obj)))  # every field shown
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class JobEventInline(ReadOnlyInline):
@@ -346,94 +291,3 @@ class JobAdmin(admin.ModelAdmin):
             done="Submitted a new run of",
             verb="re-run",
         )
-
-
-class FailingDeliveryFilter(admin.SimpleListFilter):
-    title = "health"
-    parameter_name = "failing"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("yes", "Failing (retrying, failed or gone)")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() == "yes":
-            return queryset.filter(attempts__gt=0).exclude(status=DeliveryStatus.SUCCEEDED)
-        return queryset
-
-
-class WebhookAttemptInline(ReadOnlyInline):
-    model = WebhookAttempt
-    fields = ["started_at", "duration_ms", "status_code", "error", "response_body"]
-
-
-@admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):
-    list_display = [
-        "webhook_id",
-        "job",
-        "event_type",
-        "status",
-        "attempts",
-        "last_status_code",
-        "next_attempt_at",
-        "created_at",
-    ]
-    list_filter = [FailingDeliveryFilter, "status", "event_type"]
-    list_select_related = ["job"]
-    search_fields = ["=webhook_id", "url"]
-    ordering = ["-created_at"]
-    readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
-    inlines = [WebhookAttemptInline]
-    actions = ["redeliver_selected"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if obj is not None:
-            return False
-        return super().has_change_permission(request)
-
-    @admin.action(description="Redeliver selected (same webhook-id)", permissions=["change"])
-    def redeliver_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        done, busy = 0, 0
-        for delivery_id in queryset.values_list("pk", flat=True):
-            try:
-                webhook_state.webhook_redeliver(delivery_id=delivery_id)
-                done += 1
-            except JobStateError:
-                busy += 1
-        if done:
-            self.message_user(request, f"Queued {done} delivery(ies) again.", messages.SUCCESS)
-        if busy:
-            self.message_user(request, f"{busy} could not be: being sent right now.", messages.WARNING)
-
-
-@admin.register(WorkerNode)
-class WorkerNodeAdmin(admin.ModelAdmin):
-    """Read-only: workers write their own rows (`worker.presence`)."""
-
-    list_display = ["name", "state", "host", "pid", "queue_list", "concurrency", "running", "last_seen_at"]
-    search_fields = ["name", "host"]
-    readonly_fields = [f.name for f in WorkerNode._meta.fields]
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[WorkerNode]:
-        return selectors.workers_with_running_counts()
-
-    @admin.display(description="state")
-    def state(self, node: WorkerNode) -> str:
-        return selectors.worker_state(node).label
-
-    @admin.display(description="queues")
-    def queue_list(self, node: WorkerNode) -> str:
-        return ", ".join(node.queues)
-
-    @admin.display(description="running jobs", ordering="running_jobs")
-    def running(self, node: WorkerNode) -> int:
-        return int(getattr(node, "running_jobs", 0))
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
