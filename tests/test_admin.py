@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import uuid
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
@@ -761,3 +762,57 @@ def test_the_worker_list_shows_state_queues_and_running_jobs_read_only(root_clie
     assert root_client.get("/admin/tasks_app/workernode/add/").status_code == 403
     change = root_client.get(f"/admin/tasks_app/workernode/{gone.pk}/change/")
     assert change.status_code == 200 and b'name="_save"' not in change.content
+
+
+# --- the job page's buttons -------------------------------------------------------------------
+
+
+def act_url(job, action: str) -> str:
+    return f"/admin/tasks_app/job/{job.pk}/act/{action}/"
+
+
+def buttons_on(client, job) -> list[str]:
+    return re.findall(r'data-testid="admin-(\w+)"', client.get(change_url(job)).content.decode())
+
+
+def test_a_job_page_offers_the_buttons_its_status_allows(root_client, mixed_jobs):
+    assert buttons_on(root_client, mixed_jobs["queued"]) == ["cancel", "rerun"]
+    assert buttons_on(root_client, mixed_jobs["running"]) == ["cancel", "rerun"]
+    assert buttons_on(root_client, mixed_jobs["failed_sleep"]) == ["retry", "rerun"]
+    assert buttons_on(root_client, mixed_jobs["succeeded"]) == ["rerun"]
+    page = root_client.get(change_url(mixed_jobs["queued"])).content.decode()
+    assert 'data-confirm="Cancel this job?"' in page  # Cancel asks first (admin_live.js)
+
+
+def test_a_job_page_button_acts_on_that_job_and_comes_back(root_client, mixed_jobs):
+    queued, failed = mixed_jobs["queued"], mixed_jobs["failed_sleep"]
+    response = root_client.post(act_url(queued, "cancel"), follow=True)
+    assert response.redirect_chain == [(change_url(queued), 302)]
+    assert Job.objects.get(pk=queued.pk).status == JobStatus.CANCELLED
+    assert "Cancelled (or asked to stop) 1 job." in [str(m) for m in response.context["messages"]]
+    assert JobEvent.objects.filter(job=queued, actor__username="root").exists()  # who did it, as the actions
+
+    root_client.post(act_url(failed, "retry"))
+    assert Job.objects.get(pk=failed.pk).status == JobStatus.QUEUED
+    jobs = Job.objects.count()
+    root_client.post(act_url(failed, "rerun"))
+    assert Job.objects.count() == jobs + 1
+
+
+def test_a_job_page_button_refuses_what_the_status_or_the_user_does_not_allow(
+    root_client, mixed_jobs, django_user_model
+):
+    succeeded = mixed_jobs["succeeded"]
+    before = Job.objects.filter(pk=succeeded.pk).values().get()
+    response = root_client.post(act_url(succeeded, "retry"), follow=True)
+    assert "1 job could not be retried" in " ".join(str(m) for m in response.context["messages"])
+    assert Job.objects.filter(pk=succeeded.pk).values().get() == before
+    assert root_client.get(act_url(succeeded, "rerun")).status_code == 405  # POST only
+    assert root_client.post(act_url(succeeded, "delete")).status_code == 403
+    assert root_client.post(f"/admin/tasks_app/job/{uuid.uuid4()}/act/cancel/").status_code == 404
+
+    viewer = session_client(staff_with(django_user_model, "viewer", "view_job"))
+    queued = mixed_jobs["queued"]
+    assert buttons_on(viewer, queued) == []
+    assert viewer.post(act_url(queued, "cancel")).status_code == 403
+    assert Job.objects.get(pk=queued.pk).status == JobStatus.QUEUED

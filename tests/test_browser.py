@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 import re
 import time
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
 from tasks_app.models import Job, JobStatus
 from tasks_app.services import submission
@@ -517,6 +519,25 @@ def test_admin_change_list_shows_a_new_job_run_to_success_without_a_reload(
         expect(page.locator("#result_list tbody tr")).to_have_count(1)
         expect(page.locator("#result_list tbody tr").first).to_contain_text(job_id[:8])
         shot(page, "change-list-search-by-id")
+
+        # The job page has the list's actions as buttons: Re-run here, and Cancel, which asks.
+        page.goto(f"/admin/tasks_app/job/{job_id}/change/")
+        page.get_by_test_id("admin-rerun").click()
+        expect(page.locator(".messagelist")).to_contain_text("Submitted a new run of 1 job.")
+        later = submission.job_create(
+            owner=admin_user, type="sleep", params={"seconds": 0}, run_at=timezone.now() + timedelta(hours=1)
+        )
+        page.goto(f"/admin/tasks_app/job/{later.pk}/change/")
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        page.get_by_test_id("admin-cancel").click()
+        expect(page.get_by_test_id("admin-cancel")).to_be_visible()
+        assert Job.objects.get(pk=later.pk).status == JobStatus.SCHEDULED
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_test_id("admin-cancel").click()
+        expect(page.locator(".messagelist")).to_contain_text("Cancelled (or asked to stop) 1 job.")
+        expect(page.get_by_test_id("admin-cancel")).to_have_count(0)
+        assert Job.objects.get(pk=later.pk).status == JobStatus.CANCELLED
+        shot(page, "job-page-cancelled")
         assert problems == []
     finally:
         context.close()
@@ -725,7 +746,6 @@ def test_a_retry_note_goes_once_the_new_attempt_has_ended(
 def test_the_chart_stacks_each_outcome_in_its_colour_with_counts_on_hover(
     chromium, stack, free_tcp_port, user
 ):
-    from django.utils import timezone
     from playwright.sync_api import expect
 
     now = timezone.now()

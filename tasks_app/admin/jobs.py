@@ -10,21 +10,31 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.shortcuts import redirect
+from django.urls import URLPattern, path
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
 from .. import registry, selectors
 from ..exceptions import JobStateError, JobValidationError
 from ..forms import MetadataFilterField
-from ..models import Job, JobEvent, JobStatus, WebhookDelivery
+from ..models import ACTIVE_STATUSES, Job, JobEvent, JobStatus, WebhookDelivery
 from ..services import control
 from .common import CappedCountPaginator, ReadOnlyInline
 
 # The shortest id start the search looks for (the list shows 8 digits).
 ID_PREFIX_MIN = 4
+
+
+# The job page's buttons: which statuses each applies to, and what it asks first.
+JOB_PAGE_ACTIONS: dict[str, dict[str, Any]] = {
+    "cancel": {"label": "Cancel job", "statuses": ACTIVE_STATUSES, "confirm": "Cancel this job?"},
+    "retry": {"label": "Retry", "statuses": {JobStatus.FAILED, JobStatus.CANCELLED}, "confirm": ""},
+    "rerun": {"label": "Re-run as a new job", "statuses": set(JobStatus), "confirm": ""},
+}
 
 
 class JobTypeFilter(admin.SimpleListFilter):
@@ -145,6 +155,43 @@ class JobAdmin(admin.ModelAdmin):
         if obj is not None:
             return False  # the change form is read-only; the actions are the way to act
         return super().has_change_permission(request)
+
+    # --- the job page's buttons: the list's actions, on this one job ---------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        act = self.admin_site.admin_view(self.act_on_one)
+        return [path("<uuid:job_id>/act/<str:action>/", act, name="tasks_app_job_act"), *super().get_urls()]
+
+    def act_on_one(self, request: HttpRequest, job_id: uuid.UUID, action: str) -> HttpResponse:
+        """POST from a job page's Cancel, Retry or Re-run button: the action of the same name on
+        just this job (same services, same messages), then back to the page."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if action not in JOB_PAGE_ACTIONS or not super().has_change_permission(request):
+            raise PermissionDenied
+        jobs = self.get_queryset(request).filter(pk=job_id)
+        if not jobs.exists():
+            raise Http404("No such job.")
+        getattr(self, f"{action}_selected")(request, jobs)
+        return redirect("admin:tasks_app_job_change", job_id)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        job = self.get_object(request, object_id)
+        allowed = job is not None and super().has_change_permission(request)
+        buttons = [
+            {"action": action, **button}
+            for action, button in JOB_PAGE_ACTIONS.items()
+            if allowed and job is not None and job.status in button["statuses"]
+        ]
+        return super().change_view(
+            request, object_id, form_url, {**(extra_context or {}), "job_buttons": buttons}
+        )
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # a job changes only through the services (deleting a running one strands its worker)

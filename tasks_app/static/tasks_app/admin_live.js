@@ -127,3 +127,10 @@ const root = document.querySelector("#content-main") || document.body;
 const form = document.querySelector("[data-live-job]");
 if (form) changeForm(root, form.dataset.liveJob);
 else changeList(root);
+
+// A job page button that asks first (Cancel): nothing is sent unless the person says yes.
+for (const form of document.querySelectorAll("form[data-confirm]")) {
+  form.addEventListener("submit", (event) => {
+    if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+  });
+}
