@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any
 
 from celery import current_app
@@ -79,15 +79,19 @@ def jobs_dispatch(*, job_ids: Sequence[JobId]) -> int:
     return _publish(rows)
 
 
-def broker_priority(priority: int) -> int:
+def broker_priority(priority: int, *, amqp: bool | None = None) -> int:
     """Our priority (0-9, 9 first) as the broker's: RabbitMQ's priority queues also run the
-    highest first; kombu's Redis sub-queues run 0 first."""
-    return priority if _broker_is_amqp(current_app.conf.broker_url) else PRIORITY_MAX - priority
+    highest first; kombu's Redis sub-queues run 0 first. `amqp`: whether the broker is
+    RabbitMQ, if the caller already knows."""
+    if amqp is None:
+        amqp = broker_is_amqp()
+    return priority if amqp else PRIORITY_MAX - priority
 
 
-@lru_cache(maxsize=4)
-def _broker_is_amqp(broker_url: str) -> bool:
-    return str(broker_url).split(";")[0].split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+def broker_is_amqp() -> bool:
+    """Whether Celery's broker (its first, in a fail-over list) is RabbitMQ."""
+    url = str(current_app.conf.broker_url)
+    return url.split(";")[0].split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
 
 
 def _publish(jobs: Sequence[Dispatch]) -> int:
@@ -96,6 +100,7 @@ def _publish(jobs: Sequence[Dispatch]) -> int:
     marking publishes twice, which the conditional claim turns into a no-op (so does a message
     for a job cancelled in between)."""
     published: list[Any] = []
+    amqp = broker_is_amqp()  # once per batch, not per message
     try:
         with current_app.producer_or_acquire() as producer:
             for job_id, type_name, priority, timeout in jobs:
@@ -107,7 +112,7 @@ def _publish(jobs: Sequence[Dispatch]) -> int:
                     args=[str(job_id)],
                     queue=registry.queue_of(type_name),
                     task_id=str(uuid.uuid4()),
-                    priority=broker_priority(priority),
+                    priority=broker_priority(priority, amqp=amqp),
                     retry=False,
                     producer=producer,
                     **limits,
