@@ -25,6 +25,7 @@ from tasks_app import registry
 from tasks_app.services import dispatch
 from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE, free_port
 
+from .browser import launched_chromium
 from .helpers import ProcessStack, token_client
 
 
@@ -250,3 +251,10 @@ def shared_worker(process_env, purge_queues, tmp_path_factory) -> Iterator[Proce
 @pytest.fixture
 def free_tcp_port() -> int:
     return free_port()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Headless Chromium, once per test module (tests/browser.py)."""
+    with launched_chromium() as browser:
+        yield browser

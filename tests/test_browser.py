@@ -6,93 +6,23 @@
   Redis, the test database): log in, submit a job from the form, watch it run and finish without
   a reload, then cancel a long job from its page. Screenshots go to test-artifacts/browser/.
 
-Chromium is Debian's (/usr/bin/chromium); Playwright's own browser downloads are never used. Where
-it is missing these tests are skipped, except under CI (environment variable CI), where that fails.
+Chromium and the shared helpers: tests/browser.py.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from datetime import timedelta
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from django.conf import settings
 from django.utils import timezone
 
 from tasks_app.models import Job, JobStatus
 from tasks_app.services import submission
+from tests.browser import NARROW, STATIC_DIR, WIDE, Shots, assert_accessible, sign_in
 from tests.helpers import wait_for
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-STATIC_DIR = Path(settings.BASE_DIR) / "tasks_app" / "static"
-ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts" / "browser"
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not Path(CHROMIUM).exists():
-        message = f"{CHROMIUM} is not installed"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop on this thread while it runs; Django would then
-    # refuse ORM calls from the tests (and the database teardown), although they are synchronous.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            try:
-                yield browser
-            finally:
-                browser.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
-
-
-class Shots:
-    """Numbered screenshots of one test under test-artifacts/browser/."""
-
-    def __init__(self, prefix: str) -> None:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        self.prefix = prefix
-        self.count = 0
-        self.paths: list[Path] = []
-
-    def __call__(self, page, name: str, *, full_page: bool = True) -> Path:
-        self.count += 1
-        path = ARTIFACTS / f"{self.prefix}-{self.count:02d}-{name}.png"
-        page.screenshot(path=str(path), full_page=full_page)
-        self.paths.append(path)
-        return path
-
-
-def sign_in(page, username: str, password: str, *, next_url: str = "/") -> None:
-    """Through the login page, as a person does."""
-    page.goto(f"/accounts/login/?next={next_url}")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(password)
-    page.get_by_test_id("login-submit").click()
-
 
 # --- live.js against a fake WebSocket --------------------------------------------------------
 
@@ -780,5 +710,95 @@ def test_the_chart_stacks_each_outcome_in_its_colour_with_counts_on_hover(
         )
         assert (values["Succeeded"], values["Failed"], values["Cancelled"]) == ("3", "2", "1"), values
         shot(page, "hover", full_page=False)
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_job_page_reads_as_what_ran_and_how_at_both_widths(chromium, stack, free_tcp_port, user):
+    """The job's attempts as a timeline that follows the job live, its input as indented JSON, the
+    API's part folded away, a failed job with no empty bar; at 390 px the log comes before the
+    details. The worker's transitions are made here through the services (no worker process):
+    they publish as a worker's do."""
+    from playwright.sync_api import expect
+
+    from tasks_app.services import execution
+
+    stack.start_daphne(free_tcp_port)
+    base = f"http://127.0.0.1:{free_tcp_port}"
+    job = submission.job_create(
+        owner=user, type="sleep", params={"seconds": 2, "steps": 4}, metadata={"customer": "acme"}
+    )
+    execution.job_claim(job_id=job.pk, worker="alpha@host-1")
+    execution.job_progress(job_id=job.pk, worker="alpha@host-1", percent=40, message="step 2 of 4")
+    execution.job_fail_or_retry(
+        job_id=job.pk,
+        worker="alpha@host-1",
+        error={"type": "TimeoutError", "message": "slow API"},
+        retryable=True,
+    )
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.QUEUED)  # its backoff is over
+    execution.job_claim(job_id=job.pk, worker="beta@host-2")
+    shot = Shots("job-page")
+    context = chromium.new_context(base_url=base, viewport=WIDE)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    try:
+        sign_in(page, user.username, "alice-password-123", next_url=f"/jobs/{job.pk}/")
+        expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live", timeout=15_000)
+        expect(page.get_by_test_id("job-summary")).to_contain_text(f"For {user.username}")
+        attempts = page.get_by_test_id("attempt-row")
+        expect(attempts).to_have_count(2)
+        expect(attempts.nth(0)).to_contain_text("alpha@host-1")
+        expect(attempts.nth(0)).to_contain_text("Failed, retried")
+        expect(attempts.nth(0)).to_contain_text("TimeoutError: slow API")
+        expect(attempts.nth(1)).to_contain_text("beta@host-2")
+        expect(attempts.nth(1)).to_contain_text("Running")
+        # The running attempt's duration goes on by itself.
+        duration = attempts.nth(1).locator("[data-duration]")
+        first = duration.inner_text()
+        expect(duration).not_to_have_text(first, timeout=5_000)
+        expect(page.get_by_test_id("job-params")).to_have_text('{\n  "steps": 4,\n  "seconds": 2\n}')
+        expect(page.get_by_test_id("job-metadata")).to_have_text('{\n  "customer": "acme"\n}')
+        fields = page.get_by_test_id("job-fields")
+        for absent in ("Version", "Links", "/api/"):
+            expect(fields).not_to_contain_text(absent)
+        expect(fields.get_by_text("Callback URL")).to_be_hidden()  # not given: no empty row
+        api_part = page.get_by_test_id("api-clients")
+        expect(api_part.locator("dl")).to_be_hidden()  # folded until asked
+        assert_accessible(page, "job page, running")
+        shot(page, "running-1280")
+
+        # It fails live: the second attempt ends with its error, no empty 0% bar is left.
+        execution.job_fail(
+            job_id=job.pk, worker="beta@host-2", error={"type": "ValueError", "message": "bad row"}
+        )
+        expect(page.get_by_test_id("job-status")).to_have_text("Failed", timeout=10_000)
+        expect(attempts.nth(1)).to_contain_text("ValueError: bad row")
+        expect(attempts.nth(1).locator(".badge")).to_have_text("Failed")
+        expect(page.get_by_test_id("job-progress")).to_be_hidden()
+        expect(page.get_by_test_id("job-progress-message")).to_have_text(
+            "Failed before reporting any progress."
+        )
+        expect(fields.locator('[data-field="finished_at"] time')).to_be_visible()
+        expect(fields.locator('[data-field="duration"]')).not_to_have_text(re.compile("running|—"))
+        api_part.locator("summary").click()
+        expect(api_part).to_contain_text(f"POST /api/jobs/{job.pk}/retry/")
+        assert_accessible(page, "job page, failed")
+        shot(page, "failed-1280")
+
+        # At phone width: one column, the log before the details, nothing wider than the screen.
+        page.set_viewport_size(NARROW)
+        page.reload()
+        expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live", timeout=15_000)
+        log_top = page.get_by_test_id("job-log").bounding_box()["y"]
+        assert log_top < fields.bounding_box()["y"], "the log is below the details at 390 px"
+        assert page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+        assert_accessible(page, "job page at 390 px")
+        shot(page, "failed-390")
+        assert not problems, problems
     finally:
         context.close()

@@ -29,8 +29,11 @@ def job_claim(*, job_id: JobId, worker: str, celery_task_id: str = "") -> Job | 
     """queued -> running for this worker. None if the job is not queued any more (a duplicate
     delivery, a cancelled job, or another worker got there first)."""
     now = timezone.now()
+    # The worker is in the data too: the job page's attempt timeline reads it from there.
     note = Note(
-        JobEventKind.STATUS, f"Running on {literal(worker)} (attempt {{attempts}} of {{max_attempts}})."
+        JobEventKind.STATUS,
+        f"Running on {literal(worker)} (attempt {{attempts}} of {{max_attempts}}).",
+        data={"worker": worker},
     )
     return change_job(
         job_id,

@@ -28,42 +28,36 @@ from ..conf import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN, SNAPSHOT_LIMIT,
 from ..models import Job, JobStatus
 from ..serializers import JobEventSerializer, JobSerializer
 
-# Every field of the job representation on the job page: (field, label, format). Formats:
-# "text", "json" (pretty-printed), "time" (ISO 8601, shown in the reader's time zone), "links"
-# (the API URLs of the job, by name).
-# result, error and traceback have a section of their own, under "Outcome".
-DETAIL_FIELDS: list[tuple[str, str, str]] = [
-    ("id", "ID", "text"),
-    ("type", "Type", "text"),
-    ("status", "Status", "text"),
-    ("progress", "Progress (%)", "text"),
-    ("progress_message", "Progress message", "text"),
-    ("params", "Parameters", "json"),
-    ("priority", "Priority", "text"),
-    ("attempts", "Attempts", "text"),
-    ("max_attempts", "Max attempts", "text"),
-    ("owner", "Owner", "text"),
-    ("metadata", "Metadata", "json"),
-    ("run_at", "Run at", "time"),
-    ("timeout", "Timeout (s)", "text"),
-    ("callback_url", "Callback URL", "text"),
-    ("webhook_events", "Extra webhook events", "json"),
-    ("created_at", "Created", "time"),
-    ("started_at", "Started", "time"),
-    ("finished_at", "Finished", "time"),
-    ("cancel_requested_at", "Cancel requested", "time"),
-    ("version", "Version", "text"),
-    ("links", "Links", "links"),
+# The job page's Details card: (field, label, format, optional). Formats: "text", "time" (ISO
+# 8601, shown in the reader's time zone), "list" (comma-separated), "duration" (from started_at
+# and finished_at). An optional row shows only when it has a value. What the job is (type,
+# status, progress, outcome, params, metadata) has its own place on the page; the API's own
+# fields (version, links) are under "For API clients".
+DETAIL_FIELDS: list[tuple[str, str, str, bool]] = [
+    ("owner", "Owner", "text", False),
+    ("priority", "Priority", "text", False),
+    ("created_at", "Created", "time", False),
+    ("run_at", "Run at", "time", True),
+    ("started_at", "Started", "time", False),
+    ("finished_at", "Finished", "time", False),
+    ("duration", "Duration", "duration", False),
+    ("timeout", "Timeout (s)", "text", True),
+    ("cancel_requested_at", "Cancel requested", "time", True),
+    ("callback_url", "Callback URL", "text", True),
+    ("webhook_events", "Extra webhook events", "list", True),
 ]
+EMPTY = "—"  # what an empty value shows, everywhere on the pages (common.js: EMPTY)
 
 
 def _display(value: Any, fmt: str) -> str:
     """The text a field shows before the page's script takes over (which formats the same way,
-    except that times are shown in the reader's time zone)."""
-    if value is None or value == "" or (fmt in ("json", "links") and value == {}):
-        return "—"
+    except that times are shown in the reader's time zone and durations are worked out)."""
+    if value is None or value == "" or value == [] or fmt == "duration":
+        return EMPTY
     if fmt == "json":
         return json.dumps(value, indent=2, ensure_ascii=False)
+    if fmt == "list":
+        return ", ".join(value)
     return str(value)
 
 
@@ -170,27 +164,41 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @login_required
 @ensure_csrf_cookie
 def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
-    """One job: every field, the live log, the outcome, and Cancel / Retry. Another user's job
-    is a 404, as in the API."""
+    """One job as a person reads it: what ran, for whom, how it went (progress, outcome, each
+    attempt), its input, the live log, Cancel / Retry, and the API's links folded away. Another
+    user's job is a 404, as in the API."""
     try:
         job = selectors.job_get_visible(request.user, job_id)
     except Job.DoesNotExist:
         raise Http404("No such job.") from None
     data = JobSerializer(job).data
-    events = JobEventSerializer(selectors.job_events(job), many=True).data
+    events = list(JobEventSerializer(selectors.job_events(job), many=True).data)
     fields = [
-        {"key": key, "label": label, "format": fmt, "value": data[key], "display": _display(data[key], fmt)}
-        for key, label, fmt in DETAIL_FIELDS
+        {
+            "key": key,
+            "label": label,
+            "format": fmt,
+            "optional": optional,
+            "value": data.get(key),
+            "display": _display(data.get(key), fmt),
+            "empty": data.get(key) in (None, "", []),
+        }
+        for key, label, fmt, optional in DETAIL_FIELDS
     ]
     config = {"job": data, "events": events, "urls": _api_urls()}
     context = {
         "job": data,
         "job_id_short": str(job.pk)[:8],
+        "created": job.created_at,
+        "queue": registry.queue_of(job.type),
         "can_change": selectors.may_change_job(request.user, job),
         "wait_reason": selectors.job_wait_reason(job),
         "fields": fields,
         "events": events,
+        "attempts": selectors.job_attempts(events),
         "result_display": _display(data["result"], "json"),
+        "params_display": _display(data["params"], "json"),
+        "metadata_display": _display(data["metadata"], "json"),
         "config": config,
     }
     return render(request, "tasks_app/job_detail.html", context)

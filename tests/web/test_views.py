@@ -21,7 +21,7 @@ from django.utils import timezone
 from tasks_app.conf import JOB_QUEUE, LONGRUN_QUEUES, SNAPSHOT_LIMIT
 from tasks_app.models import Job, JobStatus
 from tasks_app.serializers import JobSerializer
-from tasks_app.services import dispatch, submission, workers
+from tasks_app.services import dispatch, execution, submission, workers
 from tests.helpers import session_client
 
 pytestmark = pytest.mark.django_db
@@ -275,7 +275,7 @@ def test_dashboard_with_no_jobs_says_so(browser):
 # --- job page ---------------------------------------------------------------------------------
 
 
-def test_job_page_shows_every_field_and_the_log(browser, user):
+def test_job_page_reads_as_what_ran_for_whom_and_how_it_went(browser, user):
     job = make_job(
         user,
         status=JobStatus.FAILED,
@@ -283,22 +283,54 @@ def test_job_page_shows_every_field_and_the_log(browser, user):
         traceback="Traceback (most recent call last):\n  ...\nDemoError: it broke",
         progress=30,
         progress_message="step 3 of 10",
+        metadata={"customer": "acme"},
+        version=143,
     )
     response = browser.get(f"/jobs/{job.pk}/")
     assert response.status_code == 200
     html = response.content.decode()
-    for field in JobSerializer().fields:
-        if field != "error":  # shown as its type and message
-            assert f'data-field="{field}"' in html, field
+    page, api_part = html.split('data-testid="api-clients"')
+    assert f"For <strong>{user.username}</strong>" in page and "queue <code>longrun.jobs</code>" in page
     assert 'data-testid="cancel-button"' in html and 'data-testid="retry-button"' in html
     assert "it broke &lt;badly&gt;" in html and "it broke <badly>" not in html.split('id="job-config"')[0]
     assert "Traceback (most recent call last)" in html
     assert 'data-status="failed"' in html
     assert "step 3 of 10" in html
+    # Params and metadata as indented JSON; the type, status and progress once, at the top.
+    assert "&quot;seconds&quot;: 1" in page and "&quot;customer&quot;: &quot;acme&quot;" in page
+    details = page.split('data-testid="job-fields"')[1].split("</dl>")[0]
+    for label in ("Owner", "Priority", "Created", "Started", "Finished", "Duration"):
+        assert f"<dt>{label}</dt>" in details, label
+    for api_only in ("Version", "Links", "Status", "Progress", "Type", "/api/"):
+        assert api_only not in details, api_only
+    # Options not used are not shown as empty rows (the script shows them once they have a value).
+    assert re.search(r'data-row="callback_url" data-optional hidden', details)
+    # The API's part: folded away, with the version and every URL the job answers on.
+    assert '<details class="card api-card" data-testid="api-clients">' in html  # closed: no `open`
+    assert "143" in api_part.split("</details>")[0]
+    for link in ("self", "events", "cancel", "retry"):
+        assert JobSerializer(job).data["links"][link] in api_part
     config = page_config(response, "job-config")
     assert config["job"] == json.loads(json.dumps(JobSerializer(job).data))
     assert [e["kind"] for e in config["events"]] == ["created"]
     assert f'data-seq="{config["events"][0]["seq"]}"' in html
+    assert re.search(r"data-attempts-empty >\s*Not started yet.", html)  # no attempt yet
+
+
+def test_job_page_lists_each_attempt(browser, user):
+    job = make_job(user)
+    execution.job_claim(job_id=job.pk, worker="alpha@host")
+    execution.job_fail_or_retry(
+        job_id=job.pk, worker="alpha@host", error={"type": "E", "message": "m"}, retryable=True
+    )
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.QUEUED)
+    execution.job_claim(job_id=job.pk, worker="beta@host")
+    html = browser.get(f"/jobs/{job.pk}/").content.decode()
+    rows = re.findall(
+        r'<tr data-testid="attempt-row" data-outcome="(\w+)">.*?<code>([^<]*)</code>', html, re.S
+    )
+    assert rows == [("scheduled", "alpha@host"), ("running", "beta@host")]
+    assert "Failed, retried" in html and "E: m" in html
 
 
 def test_job_page_of_another_users_job_is_404(browser, other_user):

@@ -3,6 +3,8 @@
 
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 export const ACTIVE = new Set(["scheduled", "queued", "running"]);
+// What an empty value shows, on every page (the server's templates use the same sign).
+export const EMPTY = "—";
 export const UUID_RE = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i;
 
 /** The value of a cookie, or "". */
@@ -59,7 +61,7 @@ const clockFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute
 
 /** A timestamp in the reader's time zone: the time alone for today, else date and time. */
 export function formatTime(iso, { full = false } = {}) {
-  if (!iso) return "—";
+  if (!iso) return EMPTY;
   const date = new Date(iso);
   if (Number.isNaN(date.getTime())) return String(iso);
   const today = new Date();
@@ -69,9 +71,9 @@ export function formatTime(iso, { full = false } = {}) {
 
 /** How long from `startIso` to `endIso` (or to now while it runs): "850 ms", "12 s", "3 min 5 s", "2 h 4 min". */
 export function formatDuration(startIso, endIso = null) {
-  if (!startIso) return "—";
+  if (!startIso) return EMPTY;
   const ms = (endIso ? new Date(endIso) : new Date()) - new Date(startIso);
-  if (!Number.isFinite(ms) || ms < 0) return "—";
+  if (!Number.isFinite(ms) || ms < 0) return EMPTY;
   if (ms < 1000) return `${Math.round(ms)} ms`;
   const seconds = Math.round(ms / 1000);
   if (seconds < 60) return `${seconds} s`;
@@ -82,7 +84,7 @@ export function formatDuration(startIso, endIso = null) {
 
 /** What a job's duration cell says: how long it ran, "running 12 s" while it does, "—" before. */
 export function jobDuration(job) {
-  if (!job.started_at) return "—";
+  if (!job.started_at) return EMPTY;
   return job.finished_at ? formatDuration(job.started_at, job.finished_at) : `running ${formatDuration(job.started_at)}`;
 }
 

@@ -4,7 +4,7 @@
 import { JobStream } from "./live.js";
 import { JobForm } from "./jobform.js";
 import {
-  ACTIVE, UUID_RE, api, errorLine, formatTime, h, jobDuration, liveIndicator, localizeTimes, readConfig, setText,
+  ACTIVE, EMPTY, UUID_RE, api, errorLine, formatTime, h, jobDuration, liveIndicator, localizeTimes, readConfig, setText,
   statusLabel, throttle,
 } from "./common.js";
 
@@ -235,7 +235,7 @@ function drawChart(series) {
         values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? v : "")) },
     ],
     series: [
-      { label: "Minute", value: (u, v) => (v == null ? "—" : minuteFormat.format(new Date(v * 1000))) },
+      { label: "Minute", value: (u, v) => (v == null ? EMPTY : minuteFormat.format(new Date(v * 1000))) },
       ...[...OUTCOMES].reverse().map((outcome) => ({
         label: outcome.label,
         stroke: outcome.stroke,
@@ -244,7 +244,7 @@ function drawChart(series) {
         paths: bars,
         points: { show: false },
         // The stack's sums are drawn; the legend shows the minute's own count of this outcome.
-        value: (u, v, seriesIdx, idx) => (idx == null || !chartSeries[idx] ? "—" : String(chartSeries[idx][outcome.status] || 0)),
+        value: (u, v, seriesIdx, idx) => (idx == null || !chartSeries[idx] ? EMPTY : String(chartSeries[idx][outcome.status] || 0)),
       })),
     ],
   }, data, chartEl);

@@ -1,10 +1,12 @@
 // The job page: every field of the job kept live over the WebSocket, its log (the job's events:
 // the history entry a live message carries when no message was missed before it, else fetched
-// with ?after=<last seq>), the outcome, and the Cancel / Retry buttons, which call the REST API.
+// with ?after=<last seq>), the attempts worked out from that log, the outcome, and the Cancel /
+// Retry buttons, which call the REST API.
 
 import { JobStream } from "./live.js";
 import {
-  ACTIVE, api, clockTime, formatTime, h, liveIndicator, problemText, readConfig, setText, statusLabel,
+  ACTIVE, EMPTY, api, clockTime, formatDuration, formatTime, h, jobDuration, liveIndicator, localizeTimes,
+  problemText, readConfig, setText, statusLabel,
 } from "./common.js";
 
 const config = readConfig("job-config");
@@ -13,10 +15,18 @@ let lastSeq = 0;
 
 const page = document.querySelector("[data-job-page]");
 const badge = page.querySelector("[data-status-badge]");
-const progress = page.querySelector(".progress-card progress");
+const progressCard = page.querySelector(".progress-card");
+const progressLine = page.querySelector("[data-progress-line]");
+const progress = progressCard.querySelector("progress");
 const pct = page.querySelector("[data-pct]");
 const progressMessage = page.querySelector("[data-progress-message]");
 const log = page.querySelector("[data-log]");
+const attemptsTable = page.querySelector("[data-attempts]");
+const attemptsBody = page.querySelector("[data-attempts-body]");
+const attemptsEmpty = page.querySelector("[data-attempts-empty]");
+const metadataRow = page.querySelector('[data-row="metadata"]');
+// Every history entry shown, in seq order: the log and the attempts are drawn from it.
+const history = [];
 const cancelButton = page.querySelector("[data-action=cancel]");
 const retryButton = page.querySelector("[data-action=retry]");
 const actionError = page.querySelector("[data-action-error]");
@@ -42,39 +52,108 @@ let noteStatus = null;
 
 function isEmpty(value) {
   return value === null || value === undefined || value === "" ||
+    (Array.isArray(value) && value.length === 0) ||
     (typeof value === "object" && !Array.isArray(value) && Object.keys(value).length === 0);
 }
 
-function renderField(el, value) {
+/** One field of the page, by its data-format (the server renders the same formats first). */
+function renderField(el, key) {
   const format = el.dataset.format || "text";
-  if (el.tagName === "PRE") {
-    setText(el, format === "json" ? (isEmpty(value) ? "—" : JSON.stringify(value, null, 2)) : value ?? "");
-    return;
-  }
-  if (isEmpty(value)) {
-    if (el.children.length || el.textContent !== "—") el.textContent = "—";
-    return;
-  }
-  if (format === "json") {
-    let pre = el.querySelector("pre");
-    if (!pre) el.replaceChildren((pre = h("pre", { class: "code" })));
-    setText(pre, JSON.stringify(value, null, 2));
-  } else if (format === "links") {
-    // The job's API URLs by name; those that answer GET are links.
-    const items = Object.entries(value).map(([name, url]) => h("li", {},
-      h("span", { class: "muted" }, name),
-      name === "self" || name === "events" ? h("a", { href: url }, h("code", {}, url)) : h("code", {}, url)));
-    const list = h("ul", { class: "links" }, ...items);
-    if (el.innerHTML !== list.outerHTML) el.replaceChildren(list);
+  const value = job[key];
+  if (format === "duration") {
+    setText(el, jobDuration(job));
+  } else if (format === "attempts") {
+    setText(el, `${job.attempts} of ${job.max_attempts}`);
+  } else if (el.tagName === "PRE") {
+    setText(el, format === "json" ? (isEmpty(value) ? EMPTY : JSON.stringify(value, null, 2)) : value ?? "");
+  } else if (isEmpty(value)) {
+    if (el.children.length || el.textContent !== EMPTY) el.textContent = EMPTY;
   } else if (format === "time") {
     let time = el.querySelector("time");
     if (!time) el.replaceChildren((time = h("time")));
     time.setAttribute("datetime", value);
     time.title = value;
     setText(time, formatTime(value, { full: true }));
+  } else if (format === "list") {
+    setText(el, value.join(", "));
   } else {
     setText(el, value);
   }
+}
+
+// What the progress card says once a job ended without finishing: the bar stays at what it
+// reached, coloured by the outcome; a job that reported nothing shows a sentence instead of an
+// empty bar.
+const STOPPED_EARLY = { failed: "Failed before reporting any progress.", cancelled: "Cancelled before reporting any progress." };
+
+function renderProgress() {
+  progressCard.dataset.status = job.status;
+  if (Number(progress.value) !== job.progress) progress.value = job.progress;
+  const stoppedEarly = job.progress === 0 && STOPPED_EARLY[job.status];
+  progressLine.hidden = Boolean(stoppedEarly);
+  setText(pct, job.status === "failed" || job.status === "cancelled" ? `stopped at ${job.progress}%` : `${job.progress}%`);
+  setText(progressMessage, job.progress_message || stoppedEarly || "");
+}
+
+/** The attempts of the job from its history, as `selectors.job_attempts` reads it on the server. */
+function attemptsOf(events) {
+  const attempts = [];
+  let current = null;
+  for (const event of events) {
+    if (event.kind !== "status" && event.kind !== "retry") continue;
+    if (event.status === "running") {
+      current = {
+        number: attempts.length + 1, worker: (event.data || {}).worker || "", started_at: event.created_at,
+        ended_at: null, outcome: "running", outcome_label: "Running", error: "",
+      };
+      attempts.push(current);
+    } else if (current) {
+      const error = (event.data || {}).error;
+      Object.assign(current, {
+        ended_at: event.created_at, outcome: event.status, outcome_label: ATTEMPT_OUTCOMES[event.status] || statusLabel(event.status),
+        error: error ? `${error.type || "Error"}: ${error.message || ""}` : "",
+      });
+      current = null;
+    }
+  }
+  return attempts;
+}
+
+const ATTEMPT_OUTCOMES = {
+  succeeded: "Succeeded", failed: "Failed", cancelled: "Cancelled", scheduled: "Failed, retried", queued: "Taken back",
+};
+
+function attemptRow(attempt) {
+  return h("tr", { dataset: { testid: "attempt-row", outcome: attempt.outcome } },
+    h("td", {}, String(attempt.number)),
+    h("td", {}, h("code", {}, attempt.worker || EMPTY)),
+    h("td", {}, h("time", { datetime: attempt.started_at, title: attempt.started_at }, formatTime(attempt.started_at))),
+    h("td", { dataset: { duration: "", started: attempt.started_at, finished: attempt.ended_at || "" } },
+      formatDuration(attempt.started_at, attempt.ended_at)),
+    h("td", {}, h("span", { class: "badge", dataset: { status: attempt.outcome } }, attempt.outcome_label),
+      attempt.error ? h("div", { class: "row-error" }, attempt.error) : null),
+  );
+}
+
+function renderAttempts() {
+  const attempts = attemptsOf(history);
+  const rows = attempts.map(attemptRow);
+  const key = rows.map((row) => row.outerHTML).join("");
+  if (key !== attemptsKey) {
+    attemptsKey = key;
+    attemptsBody.replaceChildren(...rows);
+  }
+  attemptsTable.hidden = attempts.length === 0;
+  attemptsEmpty.hidden = attempts.length > 0;
+}
+let attemptsKey = "";
+
+/** Durations that grow while something runs: the job's and its open attempt's. */
+function tick() {
+  for (const cell of page.querySelectorAll("[data-duration]")) {
+    setText(cell, formatDuration(cell.dataset.started, cell.dataset.finished || null));
+  }
+  for (const el of page.querySelectorAll('[data-format="duration"]')) setText(el, jobDuration(job));
 }
 
 function render() {
@@ -82,11 +161,10 @@ function render() {
   page.dataset.version = job.version;
   badge.dataset.status = job.status;
   setText(badge, statusLabel(job.status));
-  progress.dataset.status = job.status;
-  if (Number(progress.value) !== job.progress) progress.value = job.progress;
-  setText(pct, `${job.progress}%`);
-  setText(progressMessage, job.progress_message);
-  for (const el of page.querySelectorAll("[data-field]")) renderField(el, job[el.dataset.field]);
+  renderProgress();
+  for (const el of page.querySelectorAll("[data-field]")) renderField(el, el.dataset.field);
+  for (const row of page.querySelectorAll("[data-row][data-optional]")) row.hidden = isEmpty(job[row.dataset.row]);
+  metadataRow.hidden = isEmpty(job.metadata);
 
   const hasResult = job.result !== null && job.result !== undefined;
   outcome.result.hidden = !hasResult;
@@ -153,13 +231,16 @@ function appendEvents(events) {
     const item = eventItem(event);
     if (event.seq > lastSeq) {
       log.append(item);
+      history.push(event);
       lastSeq = event.seq;
     } else {
       const next = [...log.children].find((li) => Number(li.dataset.seq) > event.seq);
       log.insertBefore(item, next || null);
+      history.splice(history.findIndex((other) => other.seq > event.seq), 0, event);
     }
   }
   if (atBottom) log.scrollTop = log.scrollHeight;
+  renderAttempts();
 }
 
 let fetching = false;
@@ -266,7 +347,9 @@ const stream = new JobStream({
 log.replaceChildren();
 appendEvents(config.events || []);
 log.scrollTop = log.scrollHeight;
+localizeTimes(page.querySelector("[data-testid=job-summary]"));
 render();
+setInterval(() => { if (job.status === "running") tick(); }, 1000);
 stream.note(job);
 stream.subscribe({ job: job.id });
 stream.connect();

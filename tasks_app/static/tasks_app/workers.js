@@ -1,6 +1,6 @@
 // The Workers and queues page: the server renders the first view; this asks GET /api/workers/
 // and GET /api/queues/ again every few seconds and redraws both tables.
-import { api, formatTime, h, localizeTimes, readConfig, statusLabel } from "./common.js";
+import { EMPTY, api, formatTime, h, localizeTimes, readConfig, statusLabel } from "./common.js";
 
 const config = readConfig("workers-config");
 const workersBody = document.querySelector("[data-workers]");
@@ -27,11 +27,11 @@ function renderWorkers(workers) {
 function renderQueues(queues) {
   queuesBody.replaceChildren(...queues.map((queue) => h("tr", { dataset: { queue: queue.queue } },
     h("td", {}, h("code", { text: queue.queue })),
-    h("td", { text: queue.job_types.join(", ") || "—" }),
+    h("td", { text: queue.job_types.join(", ") || EMPTY }),
     h("td", { dataset: { queued: "" }, text: queue.queued }),
     h("td", { text: queue.scheduled }),
     h("td", { text: queue.running }),
-    h("td", { dataset: { oldest: "" }, text: queue.oldest_queued_seconds === null ? "—" : `${Math.round(queue.oldest_queued_seconds)} s` }),
+    h("td", { dataset: { oldest: "" }, text: queue.oldest_queued_seconds === null ? EMPTY : `${Math.round(queue.oldest_queued_seconds)} s` }),
     h("td", { text: queue.finished_last_hour }),
     h("td", { dataset: { consumers: "" } },
       queue.consumers ? String(queue.consumers) : h("span", { class: "badge", dataset: { status: "failed" }, text: "none" })))));
