@@ -20,15 +20,19 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import json
 import logging
 import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from typing import Any
 
 import redis
 import redis.asyncio
 from django.conf import settings
+from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -103,6 +107,53 @@ def record(commands: list[Command]) -> None:
     """Add to the counters, best effort: a metric is never worth failing or slowing a job."""
     if commands:
         publish.publisher.send_commands(commands)
+
+
+# --- the backlog over the last hour (the dashboard's queue depth chart) -------------------------
+
+# A sample is kept a little longer than the hour the chart shows; expiry does the trimming.
+DEPTH_KEEP_SECONDS = 65 * 60
+DEPTH_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def queue_depth_record(counts: dict[str, int], *, at: datetime) -> None:
+    """Keep the jobs queued and running at `at` as the sample of its minute (the sweep takes one
+    each round; the minute's last one stays). Best effort, like the counters."""
+    minute = int(at.timestamp()) // 60
+    sample = json.dumps({status: counts.get(status, 0) for status in DEPTH_STATUSES})
+    publish.publisher.send_commands([("SET", _key(f"depth:{minute}"), sample, "EX", DEPTH_KEEP_SECONDS)])
+
+
+def queue_depth_history(*, now: datetime, minutes: int = 60) -> list[dict[str, Any]]:
+    """The samples of the last `minutes` minutes, oldest first: {minute, queued, running}, with
+    None for a minute nobody sampled (no sweep ran, or the store was down)."""
+    first = int(now.timestamp()) // 60 - minutes + 1
+    numbers = range(first, first + minutes)
+    try:
+        client = publish.publisher.shards()[0].client
+        replies: list[Any] = client.mget([_key(f"depth:{minute}") for minute in numbers])  # type: ignore[assignment]
+    except (redis.RedisError, OSError) as exc:
+        logger.warning("metrics: the queue depth samples could not be read: %s", exc)
+        replies = [None] * minutes
+    history = []
+    for minute, reply in zip(numbers, replies, strict=True):
+        sample = json.loads(reply) if reply else {}
+        history.append(
+            {"minute": datetime.fromtimestamp(minute * 60, tz=dt_timezone.utc)}
+            | {str(status): sample.get(status) for status in DEPTH_STATUSES}
+        )
+    return history
+
+
+def dashboard_stats(user: Any) -> dict[str, Any]:
+    """`selectors.job_stats` for `user`, why a queued job of each type waits, and for staff who
+    see every job the queue depth over the same hour (`GET /api/stats/` and the dashboard)."""
+    stats = selectors.job_stats(user)
+    stats["queue_depth_per_minute"] = (
+        queue_depth_history(now=timezone.now()) if selectors.sees_every_job(user) else []
+    )
+    stats["waits"] = selectors.job_type_waits()
+    return stats
 
 
 # --- open connections (ASGI processes) --------------------------------------------------------

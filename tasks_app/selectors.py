@@ -154,50 +154,6 @@ def job_events(job: Job, *, after: int | None = None) -> QuerySet[JobEvent]:
     return events
 
 
-# How an attempt ended, by the status of the history entry that ended it.
-ATTEMPT_OUTCOMES = {
-    JobStatus.SUCCEEDED: "Succeeded",
-    JobStatus.FAILED: "Failed",
-    JobStatus.CANCELLED: "Cancelled",
-    JobStatus.SCHEDULED: "Failed, retried",  # a retryable error: another attempt after a backoff
-    JobStatus.QUEUED: "Taken back",  # its worker was lost: queued again
-}
-
-
-def job_attempts(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A job's attempts, oldest first, from its history (serialized events, seq order): each
-    status change to `running` starts one, the next status change away from it ends it. Each is
-    {number, worker, started_at, ended_at, outcome (the ending status, or "running"),
-    outcome_label, error ("Type: message" or "")}. `job_detail.js` (attemptsOf) reads the same
-    history the same way to keep the timeline live."""
-    attempts: list[dict[str, Any]] = []
-    current: dict[str, Any] | None = None
-    for event in events:
-        if event["kind"] not in ("status", "retry"):
-            continue
-        if event["status"] == JobStatus.RUNNING:
-            current = {
-                "number": len(attempts) + 1,
-                "worker": (event.get("data") or {}).get("worker", ""),
-                "started_at": event["created_at"],
-                "ended_at": None,
-                "outcome": JobStatus.RUNNING,
-                "outcome_label": "Running",
-                "error": "",
-            }
-            attempts.append(current)
-        elif current is not None:
-            error = (event.get("data") or {}).get("error") or {}
-            current.update(
-                ended_at=event["created_at"],
-                outcome=event["status"],
-                outcome_label=ATTEMPT_OUTCOMES.get(event["status"], str(event["status"]).capitalize()),
-                error=f"{error.get('type', 'Error')}: {error.get('message', '')}" if error else "",
-            )
-            current = None
-    return attempts
-
-
 def job_deliveries(job: Job) -> QuerySet[WebhookDelivery]:
     return (
         WebhookDelivery.objects.filter(job=job)
@@ -416,6 +372,34 @@ def queues_overview() -> list[dict[str, Any]]:
     return [overview[queue] for queue in ordered]
 
 
+def queue_waits() -> dict[str, tuple[str, str]]:
+    """Why a queued job of each queue waits, as (kind, sentence): "no_worker" (no live worker
+    reads the queue), "busy" (every worker slot of it runs a job) or "free" (a worker is about to
+    take it). Two queries whatever the number of queues."""
+    online = _online_workers()
+    running: dict[str, int] = {}
+    for job_type, n in (
+        Job.objects.filter(status=JobStatus.RUNNING).values_list("type").annotate(n=Count("*")).order_by()
+    ):
+        running[queue_of(job_type)] = running.get(queue_of(job_type), 0) + n
+    waits = {}
+    for queue in job_queues():
+        slots = sum(node.concurrency for node in online if queue in node.queues)
+        if not any(queue in node.queues for node in online):
+            waits[queue] = ("no_worker", f"No live worker reads queue {queue}: it waits until one starts")
+        elif running.get(queue, 0) >= slots:
+            waits[queue] = ("busy", f"All {slots} worker slots of queue {queue} are busy")
+        else:
+            waits[queue] = ("free", "Waiting for a worker to take it")
+    return waits
+
+
+def job_type_waits() -> dict[str, str]:
+    """`queue_waits`' sentence for each registered job type (the dashboard's queued rows)."""
+    waits = queue_waits()
+    return {jt.name: waits[jt.queue][1] + "." for jt in all_job_types()}
+
+
 def job_wait_reason(job: Job) -> str:
     """Why a job that has not started yet is waiting, in a sentence; "" once it has started."""
     if job.status == JobStatus.SCHEDULED and job.run_at is not None:
@@ -423,18 +407,11 @@ def job_wait_reason(job: Job) -> str:
     if job.status != JobStatus.QUEUED:
         return ""
     queue = queue_of(job.type)
-    in_queue = job_queue_filter(queue)
-    online = [node for node in _online_workers() if queue in node.queues]
     ahead = (
-        Job.objects.filter(in_queue, status=JobStatus.QUEUED)
+        Job.objects.filter(job_queue_filter(queue), status=JobStatus.QUEUED)
         .filter(Q(priority__gt=job.priority) | Q(priority=job.priority, created_at__lt=job.created_at))
         .count()
     )
     position = f"{ahead} job{'s' if ahead != 1 else ''} ahead of it"
-    if not online:
-        return f"No live worker reads queue {queue}: it waits until one starts ({position})."
-    slots = sum(node.concurrency for node in online)
-    running = Job.objects.filter(in_queue, status=JobStatus.RUNNING).count()
-    if running >= slots:
-        return f"All {slots} worker slots of queue {queue} are busy; {position}."
-    return f"Waiting for a worker to take it; {position}."
+    kind, sentence = queue_waits().get(queue, ("free", "Waiting for a worker to take it"))
+    return f"{sentence} ({position})." if kind == "no_worker" else f"{sentence}; {position}."

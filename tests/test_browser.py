@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import pytest
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from tasks_app.models import Job, JobStatus
 from tasks_app.services import submission
@@ -800,5 +801,107 @@ def test_a_job_page_reads_as_what_ran_and_how_at_both_widths(chromium, stack, fr
         assert_accessible(page, "job page at 390 px")
         shot(page, "failed-390")
         assert not problems, problems
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_the_dashboard_answers_is_the_system_healthy_in_both_themes_and_widths(
+    chromium, stack, free_tcp_port, staff_user, user
+):
+    """Queued rows say why they wait (and change when the queue's state does), the queue depth and
+    throughput of the last hour are drawn, the Workers and queues page is a click away; light
+    and dark themes, 1280 and 390 px, and the login page, all without a serious axe finding."""
+    from playwright.sync_api import expect
+
+    from tasks_app import metrics
+    from tasks_app.realtime import publish
+    from tasks_app.services import execution, workers
+
+    stack.start_daphne(free_tcp_port)
+    base = f"http://127.0.0.1:{free_tcp_port}"
+    now = timezone.now()
+    for minutes_ago, queued in ((30, 12), (20, 40), (10, 25), (1, 3)):
+        metrics.queue_depth_record({"queued": queued, "running": 2}, at=now - timedelta(minutes=minutes_ago))
+    publish.publisher.flush()
+    waiting = submission.job_create(owner=user, type="sleep", params={"seconds": 1})
+    later = submission.job_create(
+        owner=user, type="sleep", params={"seconds": 1}, run_at=now + timedelta(hours=1)
+    )
+    shot = Shots("dashboard")
+
+    context = chromium.new_context(base_url=base, viewport=WIDE)
+    page = context.new_page()
+    try:
+        page.goto("/accounts/login/")
+        assert_accessible(page, "login page")
+        shot(page, "login-1280")
+        sign_in(page, staff_user.username, "carol-password-123")
+        expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live", timeout=15_000)
+        row = page.locator(f'tr[data-job-id="{waiting.pk}"]')
+        expect(row.get_by_test_id("job-wait")).to_have_text(
+            "No live worker reads queue longrun.jobs: it waits until one starts."
+        )
+        expect(row.get_by_test_id("job-progress")).to_be_hidden()  # no empty bar for a job not started
+        runs_at = page.locator(f'tr[data-job-id="{later.pk}"]').get_by_test_id("job-wait").locator("time")
+        assert abs(parse_datetime(runs_at.get_attribute("datetime")) - later.run_at) < timedelta(seconds=1)
+        expected_text = page.evaluate(
+            "iso => new Intl.DateTimeFormat(undefined, {hour: '2-digit', minute: '2-digit', second: '2-digit'})"
+            ".format(new Date(iso))",
+            later.run_at.isoformat(),
+        )
+        expect(runs_at).to_have_text(expected_text)  # when it runs, not when it was created
+        expect(page.get_by_test_id("depth-now")).to_have_text("3 queued, 2 running")
+        expect(page.get_by_test_id("depth-chart").locator("canvas")).to_have_count(1)
+        expect(page.get_by_role("link", name="Workers and queues").first).to_be_visible()
+
+        # A worker with one slot starts and takes another job: the queued row's reason follows.
+        workers.worker_register(name="jobs@host", host="host", pid=1, queues=["longrun.jobs"], concurrency=1)
+        busy = submission.job_create(owner=user, type="sleep", params={"seconds": 1}, priority=9)
+        execution.job_claim(job_id=busy.pk, worker="jobs@host:1")
+        expect(row.get_by_test_id("job-wait")).to_have_text(
+            "All 1 worker slots of queue longrun.jobs are busy.", timeout=10_000
+        )
+        # Hover over the queue depth chart 20 minutes ago: the legend gives that minute's sample.
+        legend = page.get_by_test_id("queue-depth").locator(".u-legend")
+        box = page.get_by_test_id("depth-chart").locator(".u-over").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * (40 + 0.5) / 61, box["y"] + box["height"] / 2)
+        values = dict(
+            zip(
+                legend.locator(".u-series .u-label").all_inner_texts(),
+                legend.locator(".u-series .u-value").all_inner_texts(),
+                strict=True,
+            )
+        )
+        assert (values["Queued"], values["Running"]) == ("40", "2"), values
+        assert_accessible(page, "dashboard, light")
+        shot(page, "light-1280")
+        page.set_viewport_size(NARROW)
+        # Nothing wider than the screen once the charts have followed their cards' new width.
+        page.wait_for_function(f"document.documentElement.scrollWidth <= {NARROW['width']}", timeout=5_000)
+        assert_accessible(page, "dashboard at 390 px")
+        shot(page, "light-390")
+    finally:
+        context.close()
+
+    # The system's dark setting: the page follows it, and still reads well.
+    context = chromium.new_context(base_url=base, viewport=WIDE, color_scheme="dark")
+    page = context.new_page()
+    try:
+        sign_in(page, staff_user.username, "carol-password-123")
+        expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live", timeout=15_000)
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(13, 17, 23)", background
+        badge = page.locator(f'tr[data-job-id="{busy.pk}"]').get_by_test_id("job-status")
+        assert badge.evaluate("el => getComputedStyle(el).backgroundColor") == "rgb(58, 45, 10)"
+        assert_accessible(page, "dashboard, dark")
+        shot(page, "dark-1280")
+        page.set_viewport_size(NARROW)
+        shot(page, "dark-390")
+        page.goto(f"/jobs/{waiting.pk}/")
+        assert_accessible(page, "job page, dark")
+        shot(page, "dark-job-390")
     finally:
         context.close()

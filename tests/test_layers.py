@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "forms",
             "serializers",
             "selectors",
+            "timeline",
             "throttling",
             "polling",
             "stack",

@@ -186,10 +186,28 @@ class StatsMinuteSerializer(serializers.Serializer):
     cancelled = serializers.IntegerField()
 
 
+class QueueDepthMinuteSerializer(serializers.Serializer):
+    minute = serializers.DateTimeField()
+    queued = serializers.IntegerField(
+        allow_null=True, help_text="Jobs waiting for a worker; null: no sample."
+    )
+    running = serializers.IntegerField(allow_null=True, help_text="Jobs running; null: no sample.")
+
+
 class StatsSerializer(serializers.Serializer):
     by_status = serializers.DictField(child=serializers.IntegerField())
     by_type = serializers.DictField(child=serializers.IntegerField())
     finished_per_minute = StatsMinuteSerializer(many=True)
+    queue_depth_per_minute = QueueDepthMinuteSerializer(
+        many=True,
+        help_text="Every queue's jobs queued and running, sampled by the sweep once a minute over the "
+        "last hour (oldest first). Staff who may view every job only; empty for others.",
+    )
+    waits = serializers.DictField(
+        child=serializers.CharField(),
+        help_text="Per job type, why a queued job of that type waits now: no live worker reads its "
+        "queue, every worker slot of its queue is busy, or a worker is about to take it.",
+    )
 
 
 class WorkerSerializer(serializers.Serializer):

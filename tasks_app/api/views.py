@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import polling, registry, selectors
+from .. import metrics, polling, registry, selectors
 from ..conf import BULK_LIMIT, MAX_WAIT_SECONDS, SNAPSHOT_LIMIT
 from ..models import Job
 from ..realtime import messages, sse
@@ -347,9 +347,9 @@ class SigningSecretRotateView(ThrottleBeforePermissionsMixin, APIView):
 class StatsView(ThrottleBeforePermissionsMixin, APIView):
     @extend_schema(responses={200: StatsSerializer, **problems(401, 429)})
     def get(self, request: Request) -> Response:
-        """Counts per status and per type of the jobs I can see, and jobs finished per minute over
-        the last hour (oldest minute first)."""
-        return Response(StatsSerializer(selectors.job_stats(request.user)).data)
+        """Counts per status and per type of the jobs I can see, jobs finished per minute over the
+        last hour (oldest minute first), and for staff the queue depth over that hour."""
+        return Response(StatsSerializer(metrics.dashboard_stats(request.user)).data)
 
 
 def _staff_who_see_every_job(request: Request, what: str) -> None:

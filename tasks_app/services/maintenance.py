@@ -1,7 +1,7 @@
 """The periodic sweep (Celery beat, on the maintenance queue): scheduled jobs whose time has
 come, dispatches that never happened, queued jobs whose broker message was lost, running jobs
 whose worker is gone or past its deadline, webhook deliveries that are due, old idempotency
-keys."""
+keys; and a sample of the backlog for the dashboard."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.db import connection, transaction
 from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
-from .. import registry
+from .. import metrics, registry, selectors
 from ..conf import app_settings
 from ..models import TERMINAL_STATUSES, IdempotencyKey, Job, JobCount, JobCountChange, JobEventKind, JobStatus
 from . import dispatch, retention, webhooks, workers
@@ -36,7 +36,18 @@ def sweep() -> dict[str, int]:
         "counts_folded": job_counts_fold(),
         "purged": retention.jobs_purge_expired(),
         "workers_forgotten": workers.workers_forget_stopped(older_than=app_settings.WORKER_FORGET_AFTER),
+        "queued_now": queue_depth_sample(),
     }
+
+
+def queue_depth_sample() -> int:
+    """Record how many jobs are queued and running now, for the dashboard's queue depth chart
+    (`metrics.queue_depth_record`); returns the number queued. From the counters: a few rows."""
+    by_status: dict[str, int] = {}
+    for (_, status), n in selectors.job_totals().items():
+        by_status[status] = by_status.get(status, 0) + n
+    metrics.queue_depth_record(by_status, at=timezone.now())
+    return by_status.get(JobStatus.QUEUED, 0)
 
 
 def job_counts_fold() -> int:

@@ -23,7 +23,8 @@ from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from .. import registry, selectors
+from .. import metrics, registry, selectors, timeline
+from ..api.serializers import StatsSerializer
 from ..conf import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN, SNAPSHOT_LIMIT, WORKERS_REFRESH_SECONDS
 from ..models import Job, JobStatus
 from ..serializers import JobEventSerializer, JobSerializer
@@ -93,6 +94,14 @@ def _parse_uuid(text: str) -> uuid.UUID | None:
         return None
 
 
+def _depth_now(history: list[dict[str, Any]]) -> str:
+    """The newest queue depth sample in words (dashboard.js writes the same)."""
+    sampled = [point for point in history if point["queued"] is not None]
+    if not sampled:
+        return "no sample yet"
+    return f"{sampled[-1]['queued']} queued, {sampled[-1]['running']} running"
+
+
 @login_required
 @ensure_csrf_cookie
 def dashboard(request: HttpRequest) -> HttpResponse:
@@ -112,14 +121,10 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     jobs = selectors.job_list_filtered(request.user, status=status, job_type=job_type, id_prefix=query)
     rows = JobSerializer(jobs[:SNAPSHOT_LIMIT], many=True).data
 
-    stats = selectors.job_stats(request.user)
-    stats_data = {
-        "by_status": stats["by_status"],
-        "by_type": stats["by_type"],
-        "finished_per_minute": [
-            {**point, "minute": point["minute"].isoformat()} for point in stats["finished_per_minute"]
-        ],
-    }
+    stats = metrics.dashboard_stats(request.user)
+    stats_data = StatsSerializer(stats).data  # what GET /api/stats/ answers, which the page asks later
+    finished = sum(point["count"] for point in stats["finished_per_minute"])
+    busy_minutes = sum(1 for point in stats["finished_per_minute"] if point["count"])
     type_names = sorted({known.name for known in registry.all_job_types()} | set(stats["by_type"]))
     # The form offers what can run, starting on what this user ran last (else the first type
     # registered, `sleep`: not the alphabetical first, which is the demo `fail`).
@@ -138,14 +143,23 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     }
     context = {
         "unserved_queues": selectors.unserved_queues(),
-        "rows": [{"job": row, "created": parse_datetime(row["created_at"])} for row in rows],
+        "rows": [
+            {
+                "job": row,
+                "created": parse_datetime(row["created_at"]),
+                "wait": stats["waits"].get(row["type"], ""),
+            }
+            for row in rows
+        ],
         "is_staff": is_staff,
         "counters": [
             {"value": value, "label": label, "count": stats["by_status"].get(value, 0)}
             for value, label in JobStatus.choices
         ],
         "total": sum(stats["by_status"].values()),
-        "finished_last_hour": sum(point["count"] for point in stats["finished_per_minute"]),
+        "finished_last_hour": finished,
+        "throughput": f"{finished / busy_minutes:.1f}" if busy_minutes else "0",
+        "depth_now": _depth_now(stats["queue_depth_per_minute"]),
         "statuses": JobStatus.choices,
         "type_names": type_names,
         "submit_types": submit_types,
@@ -195,7 +209,7 @@ def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
         "wait_reason": selectors.job_wait_reason(job),
         "fields": fields,
         "events": events,
-        "attempts": selectors.job_attempts(events),
+        "attempts": timeline.job_attempts(events),
         "result_display": _display(data["result"], "json"),
         "params_display": _display(data["params"], "json"),
         "metadata_display": _display(data["metadata"], "json"),

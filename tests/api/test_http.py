@@ -737,7 +737,8 @@ def test_stats_counts_only_the_visible_jobs_per_status_and_type(api, staff_api, 
     finish_job(make_job(other_user))
 
     mine = _stats(api)
-    assert set(mine) == {"by_status", "by_type", "finished_per_minute"}
+    assert set(mine) == {"by_status", "by_type", "finished_per_minute", "queue_depth_per_minute", "waits"}
+    assert mine["queue_depth_per_minute"] == []  # the whole system's backlog: staff only
     assert mine["by_status"] == {
         "scheduled": 1,
         "queued": 2,
@@ -758,6 +759,43 @@ def test_stats_counts_only_the_visible_jobs_per_status_and_type(api, staff_api, 
         "cancelled": 1,
     }
     assert everyone["by_type"] == {"sleep": 7, "primes": 2, "fail": 1}
+
+
+def test_stats_give_staff_the_queue_depth_the_sweep_samples_each_minute(staff_api, user, settings):
+    from tasks_app import metrics
+    from tasks_app.realtime import publish
+    from tasks_app.services import maintenance
+
+    if timezone.now().second >= 57:  # keep the sample and the read inside one clock minute
+        time.sleep(60.5 - timezone.now().second)
+    client = publish.publisher.shards()[0].client
+    for key in client.scan_iter(match=metrics._key("depth:*")):
+        client.delete(key)
+    make_job(user)
+    make_job(user)
+    execution.job_claim(job_id=make_job(user).pk, worker="w1")
+    # Ten minutes ago, a sample of another backlog; this minute, the sweep's.
+    metrics.queue_depth_record({"queued": 7, "running": 1}, at=timezone.now() - timedelta(minutes=10))
+    assert maintenance.sweep()["queued_now"] == 2
+    publish.publisher.flush()
+
+    depth = _stats(staff_api)["queue_depth_per_minute"]
+    assert len(depth) == 60
+    assert (depth[-1]["queued"], depth[-1]["running"]) == (2, 1)
+    assert (depth[-11]["queued"], depth[-11]["running"]) == (7, 1)
+    assert [point for point in depth[:-11] if point["queued"] is not None] == []  # never sampled: null
+    assert parse_dt(depth[-1]["minute"]) == timezone.now().replace(second=0, microsecond=0)
+
+
+def test_stats_say_why_a_queued_job_of_each_type_waits(api, user):
+    from tasks_app.services import workers
+
+    waits = _stats(api)["waits"]
+    assert waits["sleep"] == "No live worker reads queue longrun.jobs: it waits until one starts."
+    workers.worker_register(name="jobs@host", host="host", pid=1, queues=["longrun.jobs"], concurrency=1)
+    assert _stats(api)["waits"]["sleep"] == "Waiting for a worker to take it."
+    execution.job_claim(job_id=make_job(user).pk, worker="jobs@host:1")
+    assert _stats(api)["waits"]["primes"] == "All 1 worker slots of queue longrun.jobs are busy."
 
 
 def test_stats_of_a_user_without_jobs_lists_every_status_as_zero(api, other_user):

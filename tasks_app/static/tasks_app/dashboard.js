@@ -3,6 +3,7 @@
 
 import { JobStream } from "./live.js";
 import { JobForm } from "./jobform.js";
+import { DepthChart, FinishedChart } from "./charts.js";
 import {
   ACTIVE, EMPTY, UUID_RE, api, errorLine, formatTime, h, jobDuration, liveIndicator, localizeTimes, readConfig, setText,
   statusLabel, throttle,
@@ -59,6 +60,7 @@ function buildRow(job) {
     h("td", { "data-label": "Type", "data-col": "type" }),
     h("td", { "data-label": "Status" }, h("span", { class: "badge", "data-testid": "job-status" })),
     h("td", { "data-label": "Progress", class: "progress-cell" },
+      h("div", { class: "wait-note", "data-testid": "job-wait", hidden: true }),
       h("div", { class: "progress-line" }, progress, h("span", { class: "pct" })),
       h("div", { class: "progress-message", "data-testid": "job-progress-message" }),
       h("div", { class: "row-error", "data-testid": "job-error", hidden: true })),
@@ -66,7 +68,7 @@ function buildRow(job) {
     h("td", { "data-label": "Duration", "data-col": "duration" }),
   ];
   if (isStaff) cells.push(h("td", { "data-label": "Owner", "data-col": "owner" }));
-  cells.push(h("td", { "data-label": "Created" }, h("time", { datetime: job.created_at })));
+  cells.push(h("td", { "data-label": "Created", "data-col": "created" }, h("time", { datetime: job.created_at })));
   const row = h("tr", { "data-job-id": job.id, "data-testid": "job-row" }, ...cells);
   updateRow(row, job);
   return row;
@@ -83,6 +85,7 @@ function updateRow(row, job) {
   progress.textContent = `${job.progress}%`;
   setText(row.querySelector(".pct"), `${job.progress}%`);
   setText(row.querySelector(".progress-message"), job.progress_message);
+  showWait(row, job);
   const error = row.querySelector(".row-error");
   setText(error, errorLine(job));
   error.hidden = !job.error;
@@ -95,10 +98,31 @@ function updateRow(row, job) {
   setText(type, job.type);
   const owner = row.querySelector("[data-col=owner]");
   if (owner) setText(owner, job.owner);
-  const time = row.querySelector("time");
+  const time = row.querySelector("[data-col=created] time");
   if (time) {
     setText(time, formatTime(job.created_at));
     time.title = job.created_at;
+  }
+}
+
+// Why a queued job of each type waits (GET /api/stats/ `waits`, refreshed with the counts).
+let waits = (config.stats || {}).waits || {};
+
+/** A job that has not started shows why instead of an empty bar: its queue's state, or when it runs. */
+function showWait(row, job) {
+  const waiting = job.status === "queued" || job.status === "scheduled";
+  row.querySelector(".progress-line").hidden = waiting;
+  const note = row.querySelector(".wait-note");
+  note.hidden = !waiting;
+  if (job.status === "scheduled") {
+    const time = note.querySelector("time");
+    if (!time || time.getAttribute("datetime") !== job.run_at) {
+      note.replaceChildren("Runs at ", job.run_at ? h("time", { datetime: job.run_at, title: job.run_at }) : EMPTY);
+    }
+    const shown = note.querySelector("time");
+    if (shown) setText(shown, formatTime(job.run_at));
+  } else if (waiting) {
+    setText(note, waits[job.type] || "Waiting for a worker to take it.");
   }
 }
 
@@ -167,9 +191,10 @@ function renderNow() {
 const counterEls = new Map();
 for (const el of document.querySelectorAll("[data-count-for]")) counterEls.set(el.dataset.countFor, el);
 const finishedTotal = document.querySelector("[data-finished-total]");
-const chartEl = document.querySelector("[data-chart]");
-let chart = null;
-const CHART_HEIGHT = 240;
+const finishedChart = new FinishedChart(document.querySelector("[data-chart]"));
+const depthChart = new DepthChart(document.querySelector("[data-depth-chart]"));
+const throughputEl = document.querySelector("[data-throughput]");
+const depthNowEl = document.querySelector("[data-depth-now]");
 
 function showStats(stats) {
   const byStatus = stats.by_status || {};
@@ -182,76 +207,23 @@ function showStats(stats) {
   const all = counterEls.get("");
   if (all) setText(all, total.toLocaleString());
   const series = stats.finished_per_minute || [];
-  setText(finishedTotal, series.reduce((sum, point) => sum + point.count, 0).toLocaleString());
-  drawChart(series);
-}
-
-// The outcomes stacked in the chart, bottom first, in the badges' colours.
-const OUTCOMES = [
-  { status: "succeeded", label: "Succeeded", stroke: "#1a7f37", fill: "rgba(26, 127, 55, 0.55)" },
-  { status: "failed", label: "Failed", stroke: "#cf222e", fill: "rgba(207, 34, 46, 0.55)" },
-  { status: "cancelled", label: "Cancelled", stroke: "#59636e", fill: "rgba(89, 99, 110, 0.45)" },
-];
-
-/**
- * [x, ...one series per outcome, top of the stack first]: each series is the sum of its outcome
- * and those below it, so drawing them in that order shows the stack. An empty minute is null, not
- * 0: a bar of height 0 would still draw its outline along the axis.
- */
-function chartData(series) {
-  const xs = series.map((point) => Math.floor(new Date(point.minute).getTime() / 1000));
-  const stacked = OUTCOMES.map((_, level) => series.map((point) => {
-    const sum = OUTCOMES.slice(0, level + 1).reduce((total, o) => total + (point[o.status] || 0), 0);
-    return sum > 0 ? sum : null;
-  }));
-  return [xs, ...stacked.reverse()];
-}
-
-let chartSeries = [];
-
-function drawChart(series) {
-  const uPlot = window.uPlot;
-  if (!uPlot || !chartEl) return;
-  chartSeries = series;
-  const data = chartData(series);
-  if (chart) {
-    chart.setData(data);
-    return;
+  const finished = series.reduce((sum, point) => sum + point.count, 0);
+  setText(finishedTotal, finished.toLocaleString());
+  // Throughput over the minutes that had any work, so an idle hour does not dilute a busy spell.
+  const busyMinutes = series.filter((point) => point.count > 0).length;
+  setText(throughputEl, busyMinutes ? (finished / busyMinutes).toFixed(1) : "0");
+  finishedChart.draw(series);
+  if (stats.waits) {
+    waits = stats.waits;
+    for (const job of jobs.values()) {
+      const row = rows.get(job.id);
+      if (row && job.status === "queued") showWait(row, job);
+    }
   }
-  const width = Math.max(chartEl.clientWidth, 200);
-  const minuteFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
-  const bars = uPlot.paths.bars({ size: [0.8, 24], align: 0 });
-  chart = new uPlot({
-    width,
-    height: CHART_HEIGHT,
-    // The legend names each colour and, under the cursor, gives that minute's own counts.
-    legend: { show: true, live: true },
-    cursor: { drag: { x: false, y: false }, points: { show: false } },
-    // Half a minute of room on each side, so the first and last bars are whole.
-    scales: { x: { time: true, range: (u, min, max) => [min - 30, max + 30] }, y: { range: (u, min, max) => [0, Math.max(4, Math.ceil((max || 0) * 1.15))] } },
-    axes: [
-      { stroke: "#59636e", grid: { show: false }, ticks: { stroke: "#d1d9e0" } },
-      { stroke: "#59636e", grid: { stroke: "#eaeef2" }, ticks: { show: false }, size: 40,
-        values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? v : "")) },
-    ],
-    series: [
-      { label: "Minute", value: (u, v) => (v == null ? EMPTY : minuteFormat.format(new Date(v * 1000))) },
-      ...[...OUTCOMES].reverse().map((outcome) => ({
-        label: outcome.label,
-        stroke: outcome.stroke,
-        fill: outcome.fill,
-        width: 1,
-        paths: bars,
-        points: { show: false },
-        // The stack's sums are drawn; the legend shows the minute's own count of this outcome.
-        value: (u, v, seriesIdx, idx) => (idx == null || !chartSeries[idx] ? EMPTY : String(chartSeries[idx][outcome.status] || 0)),
-      })),
-    ],
-  }, data, chartEl);
-  new ResizeObserver(() => {
-    const next = Math.max(chartEl.clientWidth, 200);
-    if (chart && Math.abs(next - chart.width) > 1) chart.setSize({ width: next, height: CHART_HEIGHT });
-  }).observe(chartEl);
+  const depth = stats.queue_depth_per_minute || [];
+  depthChart.draw(depth);
+  const last = [...depth].reverse().find((point) => point.queued !== null);
+  if (depthNowEl) setText(depthNowEl, last ? `${last.queued} queued, ${last.running} running` : "no sample yet");
 }
 
 async function loadStats() {

@@ -95,7 +95,7 @@ function renderProgress() {
   setText(progressMessage, job.progress_message || stoppedEarly || "");
 }
 
-/** The attempts of the job from its history, as `selectors.job_attempts` reads it on the server. */
+/** The attempts of the job from its history, as `timeline.job_attempts` reads it on the server. */
 function attemptsOf(events) {
   const attempts = [];
   let current = null;

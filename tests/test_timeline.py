@@ -1,10 +1,10 @@
-"""`selectors`: reads that are more than a query (here: a job's attempts from its history)."""
+"""`timeline`: a job's attempts read from its history."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks_app import selectors
+from tasks_app import selectors, timeline
 from tasks_app.models import Job, JobStatus
 from tasks_app.serializers import JobEventSerializer
 from tasks_app.services import control, execution
@@ -17,7 +17,7 @@ BOOM = {"type": "TimeoutError", "message": "the API took too long"}
 
 def attempts_of(job: Job) -> list[dict]:
     events = JobEventSerializer(selectors.job_events(job), many=True).data
-    return selectors.job_attempts(events)
+    return timeline.job_attempts(events)
 
 
 def test_each_run_of_a_job_is_one_attempt_with_its_worker_outcome_and_error(user):
@@ -65,7 +65,7 @@ def test_an_attempt_ended_by_a_cancel_or_taken_back_from_a_lost_worker():
         {"seq": 6, "kind": "status", "status": "cancelled", "data": {}, "created_at": "t6"},
         {"seq": 7, "kind": "retry", "status": "queued", "data": {}, "created_at": "t7"},
     ]
-    attempts = selectors.job_attempts(events)
+    attempts = timeline.job_attempts(events)
     assert [(a["worker"], a["started_at"], a["ended_at"], a["outcome_label"]) for a in attempts] == [
         ("", "t2", "t3", "Taken back"),
         ("w9", "t4", "t6", "Cancelled"),
