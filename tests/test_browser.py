@@ -257,6 +257,9 @@ def test_operator_follows_and_cancels_jobs_live(chromium, stack, free_tcp_port, 
             time.sleep(0.1)
         expect(row).to_have_attribute("data-status", "succeeded", timeout=30_000)
         expect(row.get_by_test_id("job-status")).to_have_text("Succeeded")
+        # Said to screen readers too (a polite live region), not only shown.
+        expect(page.get_by_test_id("announcer")).to_have_text(f"sleep job {job_id[:8]} succeeded.")
+        expect(page.get_by_test_id("announcer")).to_have_attribute("aria-live", "polite")
         assert progress_of(row) == 100
         intermediate = sorted(value for value in seen if 0 < value < 100)
         assert len(intermediate) >= 2, f"the progress bar did not move live: saw {sorted(seen)}"
@@ -901,6 +904,8 @@ def test_the_dashboard_answers_is_the_system_healthy_in_both_themes_and_widths(
         page.set_viewport_size(NARROW)
         shot(page, "dark-390")
         page.goto(f"/jobs/{waiting.pk}/")
+        expect(page.get_by_test_id("wait-reason")).to_contain_text("All 1 worker slots")
+        expect(page.get_by_test_id("job-progress")).to_be_hidden()  # not started: no empty bar
         assert_accessible(page, "job page, dark")
         shot(page, "dark-job-390")
     finally:

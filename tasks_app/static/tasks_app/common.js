@@ -177,6 +177,16 @@ export function serverGone(gone) {
   }
 }
 
+/** Say `text` to screen readers, politely (a visually hidden live region, made on first use). */
+export function announce(text) {
+  let region = document.querySelector("[data-announcer]");
+  if (!region) {
+    region = h("div", { class: "visually-hidden", role: "status", "aria-live": "polite", dataset: { announcer: "", testid: "announcer" } });
+    document.body.append(region);
+  }
+  region.textContent = text;
+}
+
 /** Call `fn` at most once every `ms`, always eventually after the last request. */
 export function throttle(fn, ms) {
   let last = 0;

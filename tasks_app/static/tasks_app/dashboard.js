@@ -5,7 +5,7 @@ import { JobStream } from "./live.js";
 import { JobForm } from "./jobform.js";
 import { DepthChart, FinishedChart } from "./charts.js";
 import {
-  ACTIVE, EMPTY, UUID_RE, api, errorLine, formatTime, h, jobDuration, liveIndicator, localizeTimes, readConfig, setText,
+  ACTIVE, EMPTY, TERMINAL, UUID_RE, announce, api, errorLine, formatTime, h, jobDuration, liveIndicator, localizeTimes, readConfig, setText,
   statusLabel, throttle,
 } from "./common.js";
 
@@ -319,8 +319,13 @@ const stream = new JobStream({
   jobUrl: (id) => `${urls.jobs}${id}/`,
   onState: liveIndicator(),
   onJob(job, event) {
+    const before = jobs.get(job.id);
     if (upsert(job)) {
       if (event === "created" || event === "status") flashIds.add(job.id);
+      // Screen readers hear a shown job end (its badge changes silently with the rest of the row).
+      if (before && before.status !== job.status && TERMINAL.has(job.status) && rows.has(job.id)) {
+        announce(`${job.type} job ${job.id.slice(0, 8)} ${job.status}.`);
+      }
       trim();
       render();
       requestAnimationFrame(flash);

@@ -87,6 +87,8 @@ function renderField(el, key) {
 const STOPPED_EARLY = { failed: "Failed before reporting any progress.", cancelled: "Cancelled before reporting any progress." };
 
 function renderProgress() {
+  // Not started: the wait reason above says why; an empty bar would say nothing.
+  progressCard.hidden = (job.status === "queued" || job.status === "scheduled") && job.progress === 0;
   progressCard.dataset.status = job.status;
   if (Number(progress.value) !== job.progress) progress.value = job.progress;
   const stoppedEarly = job.progress === 0 && STOPPED_EARLY[job.status];
