@@ -21,8 +21,11 @@ from django.contrib.messages import get_messages
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
+from tasks_app.admin.cells import iso
+from tasks_app.admin.jobs import LIVE_REFRESH_HEADER
 from tasks_app.models import Job, JobEvent, JobEventKind, JobStatus
-from tasks_app.services import execution, workers
+from tasks_app.serializers import job_representation
+from tasks_app.services import control, execution, workers
 from tests.helpers import cancelled_job, failed_job, make_job, running_job, session_client, succeeded_job
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker")]
@@ -104,6 +107,34 @@ def fresh(job) -> Job:
     return Job.objects.get(pk=job.pk)
 
 
+LIVE_MARKER = re.compile(
+    r'<(span|div)\b[^>]*\bdata-job-id="[0-9a-f-]{36}" data-field="(\w+)"[^>]*>(.*)</\1>', re.S
+)
+
+
+def shown(cell: str) -> str:
+    """What a cell shows inside the marker admin_live.js finds it by (`data-job-id`, `data-field`)."""
+    match = LIVE_MARKER.fullmatch(cell)
+    return match.group(3) if match else cell
+
+
+def marked(body: str, job) -> dict[str, list[str]]:
+    """Every value marked for admin_live.js as one of the job's fields: {field: [inner HTML, ...]}."""
+    found: dict[str, list[str]] = {}
+    for start in re.finditer(rf'<(\w+)\b[^>]*\bdata-job-id="{job.pk}" data-field="(\w+)"[^>]*>', body):
+        tag, depth = start.group(1), 1
+        for inner in re.finditer(rf"<(/?){tag}\b", body[start.end() :]):  # to the element's own end
+            depth += -1 if inner.group(1) else 1
+            if depth == 0:
+                found.setdefault(start.group(2), []).append(body[start.end() : start.end() + inner.start()])
+                break
+    return found
+
+
+def time_tag(iso: str) -> str:
+    return f'<time datetime="{iso}" title="{iso}">'
+
+
 # --- the change list ------------------------------------------------------------------------
 
 
@@ -141,9 +172,9 @@ def test_change_list_renders_columns_filters_and_date_hierarchy(root_client, mix
         "owner",
         "status_badge",
         "progress_bar",
-        "attempts",
+        "attempts_of_max",
         "priority",
-        "created_at",
+        "created",
         "duration",
     ]
     assert list(cl.list_display)[1:] == columns  # after the action checkbox
@@ -160,9 +191,9 @@ def test_change_list_renders_columns_filters_and_date_hierarchy(root_client, mix
         "owner": "Owner",
         "status_badge": "Status",
         "progress_bar": "Progress",
-        "attempts": "Attempts",
+        "attempts_of_max": "Attempts",
         "priority": "Priority",
-        "created_at": "Created at",
+        "created": "Created",
         "duration": "Duration",
     }
 
@@ -179,12 +210,19 @@ def test_change_list_renders_columns_filters_and_date_hierarchy(root_client, mix
     assert row["owner"] == "bob"
     assert f'class="lr-badge lr-badge-succeeded" data-job-id="{job.pk}"' in row["status_badge"]
     assert ">Succeeded</span>" in row["status_badge"]
-    assert re.search(r'<progress class="lr-progress" max="100" value="100"', row["progress_bar"])
-    assert row["attempts"] == "1" and row["priority"] == "5"
-    assert row["duration"] == "42.5 s"
-    assert rows[str(long.pk)]["duration"] == "5.0 min"
-    assert rows[str(mixed_jobs["running"].pk)]["duration"] == "running"
-    assert rows[str(mixed_jobs["queued"].pk)]["duration"] == "—"
+    assert re.search(r'<progress max="100" value="100"', row["progress_bar"])
+    assert shown(row["attempts_of_max"]) == "1 of 3" and row["priority"] == "5"
+    # Durations in common.js's words (jobDuration), with the times admin_live.js counts from.
+    assert shown(row["duration"]) == "43 s"
+    assert (
+        'data-started="2025-03-04T10:00:00Z" data-finished="2025-03-04T10:00:42.500000Z"' in row["duration"]
+    )
+    assert shown(rows[str(long.pk)]["duration"]) == "5 min 0 s"
+    running = rows[str(mixed_jobs["running"].pk)]["duration"]
+    assert re.fullmatch(r'running <span class="lr-nowrap">\d+ (ms|s)</span>', shown(running)), running
+    assert 'data-finished=""' in running
+    assert shown(rows[str(mixed_jobs["queued"].pk)]["duration"]) == "—"
+    assert 'data-started="" data-finished=""' in rows[str(mixed_jobs["queued"].pk)]["duration"]
     assert "lr-badge-running" in rows[str(mixed_jobs["running"].pk)]["status_badge"]
     assert "lr-badge-failed" in rows[str(mixed_jobs["failed_fail"].pk)]["status_badge"]
 
@@ -366,11 +404,15 @@ def test_a_search_with_a_nul_character_is_refused_with_a_message_not_an_error(ro
 
 
 def readonly_value(body: str, field: str) -> str:
-    match = re.search(
-        rf'<div class="form-row[^"]*field-{field}[^"]*">.*?<div class="readonly">(.*?)</div>', body, re.S
-    )
-    assert match, f"no read-only field {field}"
-    return match.group(1).strip()
+    """The value of a read-only field of the change form, without the live marker around it."""
+    row = re.search(rf'<div class="form-row[^"]*field-{field}[^"]*">.*?<div class="readonly">', body, re.S)
+    assert row, f"no read-only field {field}"
+    depth, start = 1, row.end()
+    for tag in re.finditer(r"<(/?)div\b", body[start:]):  # to the readonly div's own end
+        depth += -1 if tag.group(1) else 1
+        if depth == 0:
+            return shown(body[start : start + tag.start()].strip())
+    raise AssertionError(f"unclosed read-only field {field}")
 
 
 def pre_text(cell: str) -> str:
@@ -436,6 +478,109 @@ def test_change_form_shows_the_result_of_a_succeeded_job(root_client, user):
     assert json.loads(pre_text(readonly_value(body, "result_pretty"))) == {"slept": 1, "files": ["a", "b"]}
     assert readonly_value(body, "error_pretty") == "—"
     assert readonly_value(body, "traceback_pretty") == "—"
+
+
+def test_list_cells_are_the_ones_admin_live_js_writes(root_client, user, settings):
+    """Each live value of a row is marked for admin_live.js and says what it will write: times as
+    <time> in the representation's own format, "N of M" attempts, the bar in the status's colour
+    with its percentage and the job's words, "—" for nothing."""
+    settings.TIME_ZONE = "America/New_York"  # the times are written as the API writes them, zone and all
+    busy = running_job(user, params={"seconds": 60})
+    execution.job_progress(job_id=busy.pk, worker="w1", percent=40, message="step <4> of 10")
+    control.job_cancel(job_id=busy.pk, actor=user)
+    waiting = make_job(user)
+    busy, waiting = fresh(busy), fresh(waiting)
+
+    body = root_client.get(CHANGELIST).content.decode()
+    rows = {re.search(r'title="([0-9a-f-]{36})"', row["short_id"]).group(1): row for row in result_rows(body)}
+    row = rows[str(busy.pk)]
+    representation = job_representation(busy)
+    assert representation["created_at"].endswith("-05:00") or representation["created_at"].endswith("-04:00")
+    assert shown(row["created"]).startswith(time_tag(representation["created_at"]))
+    assert shown(row["attempts_of_max"]) == "1 of 3"
+    assert shown(row["status_badge"]) == "Running · cancelling"
+    bar = (
+        '<div class="lr-progress lr-progress-running"><div class="lr-progress-line">'
+        f'<progress max="100" value="40" data-job-id="{busy.pk}" data-field="progress" '
+        f'aria-label="Progress of job {str(busy.pk)[:8]}">40%</progress><span class="lr-pct">40%</span></div>'
+    )
+    assert row["progress_bar"].startswith(bar)
+    assert marked(body, busy)["progress_message"] == ["step &lt;4&gt; of 10"]  # escaped
+    assert f'data-started="{representation["started_at"]}" data-finished=""' in row["duration"]
+
+    row = rows[str(waiting.pk)]
+    values = marked(body, waiting)
+    assert shown(row["attempts_of_max"]) == "0 of 3"
+    assert (
+        "lr-progress-queued" in row["progress_bar"]
+        and '<span class="lr-pct">0%</span>' in row["progress_bar"]
+    )
+    assert values["progress_message"] == [""]  # no words, no dash under the bar
+    assert values["duration"] == ["—"]
+    assert '<td class="field-duration">-</td>' not in body
+
+
+def test_the_job_page_marks_every_field_that_changes_over_a_life(root_client, user):
+    """Every value on a job's page that changes as it runs is marked for admin_live.js once; the
+    fields no live message carries (dispatch, worker, task, lease) are marked too, for it to
+    re-read them; empty ones say "—", Django's "-" nowhere."""
+    job = failed_job(user, traceback="Traceback (most recent call last):\nDemoError: boom")
+    body = root_client.get(change_url(job)).content.decode()
+    values = marked(body, job)
+    representation = job_representation(job)
+
+    carried = {
+        "status",
+        "progress",
+        "progress_message",
+        "attempts",
+        "result",
+        "error",
+        "traceback",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "cancel_requested_at",
+        "run_at",
+        "version",
+    }
+    uncarried = {"dispatched_at", "worker", "celery_task_id", "lease_expires_at"}
+    assert set(values) == carried | uncarried | {"duration"}
+    assert all(len(found) == 1 for found in values.values()), values
+    assert carried <= set(representation) and not uncarried & set(representation)
+
+    for field in ("created_at", "started_at", "finished_at"):
+        assert values[field][0].startswith(time_tag(representation[field])), field
+    for field in ("cancel_requested_at", "run_at", "result"):
+        assert values[field] == ["—"], field
+    assert values["attempts"] == ["1 of 3"]
+    assert values["worker"] == ["w1"]
+    assert values["version"] == [str(job.version)]
+    assert json.loads(pre_text(values["error"][0])) == {"type": "DemoError", "message": "boom"}
+    assert re.fullmatch(r"\d+ (ms|s)", values["duration"][0])
+
+    # One sign for nothing: Django's own fields (timeout, callback url) and the history's system actor too.
+    assert readonly_value(body, "timeout") == "—"
+    assert readonly_value(body, "callback_url") == "—"
+    assert re.search(r'<td class="field-actor">\s*<p>—</p>', body)
+    assert not re.search(r"<p>-</p>|<div class=\"readonly\">-</div>", body)
+    # The history's times are <time> as well, formatted by the same function.
+    first = JobEvent.objects.filter(job=job).order_by("seq").first()
+    assert first is not None
+    assert re.search(rf'<td class="field-created">\s*<p>{time_tag(iso(first.created_at))}', body)
+
+
+def test_a_background_reread_of_a_job_page_leaves_its_messages_for_the_next_page(root_client, user):
+    """admin_live.js re-reads a job page for the fields no message carries: that request shows no
+    messages and uses none up; the person's next page still has them."""
+    job = make_job(user)
+    root_client.post(act_url(job, "cancel"))  # leaves "Cancelled ... 1 job." for the next page
+
+    reread = root_client.get(change_url(job), headers={LIVE_REFRESH_HEADER: "1"}).content.decode()
+    assert 'class="messagelist"' not in reread
+    assert marked(reread, job)["status"] == ["Cancelled"]
+    page = root_client.get(change_url(job)).content.decode()
+    assert "Cancelled (or asked to stop) 1 job." in page
 
 
 def test_posting_changes_to_the_change_form_does_not_change_the_job(root_client, user):
@@ -772,7 +917,24 @@ def act_url(job, action: str) -> str:
 
 
 def buttons_on(client, job) -> list[str]:
-    return re.findall(r'data-testid="admin-(\w+)"', client.get(change_url(job)).content.decode())
+    """The job page's buttons as the page shows them (not those kept for admin_live.js)."""
+    body = client.get(change_url(job)).content.decode()
+    shown_part = re.sub(r'<template id="lr-job-buttons">.*?</template>', "", body, flags=re.S)
+    return re.findall(r'data-testid="admin-(\w+)"', shown_part)
+
+
+def buttons_kept(client, job) -> dict[str, set[str]]:
+    """The buttons admin_live.js may show as the status changes: {action: statuses}."""
+    body = client.get(change_url(job)).content.decode()
+    kept = re.search(r'<template id="lr-job-buttons">(.*?)</template>', body, re.S)
+    if kept is None:
+        return {}
+    return {
+        action: set(statuses.split())
+        for action, statuses in re.findall(
+            r'<li data-action="(\w+)" data-statuses="([\w ]+)">', kept.group(1)
+        )
+    }
 
 
 def test_a_job_page_offers_the_buttons_its_status_allows(root_client, mixed_jobs):
@@ -782,6 +944,13 @@ def test_a_job_page_offers_the_buttons_its_status_allows(root_client, mixed_jobs
     assert buttons_on(root_client, mixed_jobs["succeeded"]) == ["rerun"]
     page = root_client.get(change_url(mixed_jobs["queued"])).content.decode()
     assert 'data-confirm="Cancel this job?"' in page  # Cancel asks first (admin_live.js)
+    # Every button, with the statuses it applies to, for admin_live.js to follow the job live.
+    active, ended = {"scheduled", "queued", "running"}, {"succeeded", "failed", "cancelled"}
+    assert buttons_kept(root_client, mixed_jobs["succeeded"]) == {
+        "cancel": active,
+        "retry": {"failed", "cancelled"},
+        "rerun": active | ended,
+    }
 
 
 def test_a_job_page_button_acts_on_that_job_and_comes_back(root_client, mixed_jobs):
@@ -814,5 +983,6 @@ def test_a_job_page_button_refuses_what_the_status_or_the_user_does_not_allow(
     viewer = session_client(staff_with(django_user_model, "viewer", "view_job"))
     queued = mixed_jobs["queued"]
     assert buttons_on(viewer, queued) == []
+    assert buttons_kept(viewer, queued) == {}
     assert viewer.post(act_url(queued, "cancel")).status_code == 403
     assert Job.objects.get(pk=queued.pk).status == JobStatus.QUEUED

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -23,11 +22,15 @@ from ..exceptions import JobStateError, JobValidationError
 from ..forms import MetadataFilterField
 from ..models import ACTIVE_STATUSES, Job, JobEvent, JobStatus, WebhookDelivery
 from ..services import control
+from . import cells
 from .common import CappedCountPaginator, ReadOnlyInline
 
 # The shortest id start the search looks for (the list shows 8 digits).
 ID_PREFIX_MIN = 4
 
+
+# Sent by admin_live.js when it re-reads a job page for the fields the live messages do not carry.
+LIVE_REFRESH_HEADER = "X-Live-Refresh"
 
 # The job page's buttons: which statuses each applies to, and what it asks first.
 JOB_PAGE_ACTIONS: dict[str, dict[str, Any]] = {
@@ -52,9 +55,13 @@ class JobTypeFilter(admin.SimpleListFilter):
 
 class JobEventInline(ReadOnlyInline):
     model = JobEvent
-    fields = ["seq", "created_at", "kind", "status", "message", "actor"]
+    fields = ["seq", "created", "kind", "status", "message", "actor"]
     ordering = ["seq"]
     show_change_link = False
+
+    @admin.display(description="Created at")
+    def created(self, event: JobEvent) -> str:
+        return cells.time_tag(event.created_at)
 
 
 class WebhookDeliveryInline(ReadOnlyInline):
@@ -66,16 +73,28 @@ class WebhookDeliveryInline(ReadOnlyInline):
         "attempts",
         "last_status_code",
         "last_error",
-        "next_attempt_at",
-        "delivered_at",
+        "next_attempt",
+        "delivered",
     ]
     show_change_link = True
 
+    @admin.display(description="Next attempt at")
+    def next_attempt(self, delivery: WebhookDelivery) -> str:
+        return cells.time_tag(delivery.next_attempt_at)
 
-def _pretty_json(value: Any) -> str:
-    if value in (None, {}, []):
-        return "—"
-    return format_html('<pre class="lr-json">{}</pre>', json.dumps(value, indent=2, sort_keys=True))
+    @admin.display(description="Delivered at")
+    def delivered(self, delivery: WebhookDelivery) -> str:
+        return cells.time_tag(delivery.delivered_at)
+
+
+def _time_field(field: str, description: str) -> Callable[[Any, Job], str]:
+    """A column or read-only field showing one of the job's times as a live `<time>`."""
+
+    @admin.display(description=description, ordering=field)
+    def show(model_admin: Any, job: Job) -> str:
+        return cells.time_value(job, field)
+
+    return show
 
 
 @admin.register(Job)
@@ -86,14 +105,14 @@ class JobAdmin(admin.ModelAdmin):
         "owner",
         "status_badge",
         "progress_bar",
-        "attempts",
+        "attempts_of_max",
         "priority",
-        "created_at",
+        "created",
         "duration",
     ]
     list_display_links = ["short_id"]
     # Only the columns an index can sort.
-    sortable_by = ["short_id", "type", "status_badge", "created_at"]
+    sortable_by = ["short_id", "type", "status_badge", "created"]
     list_filter = ["status", JobTypeFilter, ("owner", admin.RelatedFieldListFilter), "created_at"]
     list_select_related = ["owner"]
     date_hierarchy = "created_at"
@@ -105,8 +124,10 @@ class JobAdmin(admin.ModelAdmin):
     search_fields = ["type"]  # the real work is in get_search_results
     inlines = [JobEventInline, WebhookDeliveryInline]
     actions = ["cancel_selected", "retry_selected", "rerun_selected"]
+    # Every value that changes over a job's life is one of the `cells`, which admin_live.js keeps
+    # up to date; the rest (input, limits) is fixed when the job is submitted.
     fieldsets = [
-        (None, {"fields": ["id", "type", "owner", "status_badge", "progress_bar", "progress_message"]}),
+        (None, {"fields": ["id", "type", "owner", "status_badge", "progress_bar"]}),
         (
             "Input",
             {
@@ -116,28 +137,31 @@ class JobAdmin(admin.ModelAdmin):
                     "priority",
                     "max_attempts",
                     "timeout",
-                    "run_at",
+                    "due",
                     "callback_url",
                 ]
             },
         ),
-        ("Outcome", {"fields": ["result_pretty", "error_pretty", "traceback_pretty", "attempts"]}),
+        ("Outcome", {"fields": ["result_pretty", "error_pretty", "traceback_pretty", "attempts_of_max"]}),
         (
             "Timeline",
             {
                 "fields": [
-                    "created_at",
-                    "dispatched_at",
-                    "started_at",
-                    "finished_at",
-                    "cancel_requested_at",
+                    "created",
+                    "dispatched",
+                    "started",
+                    "finished",
+                    "cancel_requested",
                     "duration",
                 ]
             },
         ),
         (
             "Execution",
-            {"classes": ["collapse"], "fields": ["worker", "celery_task_id", "lease_expires_at", "version"]},
+            {
+                "classes": ["collapse"],
+                "fields": ["worker_name", "celery_task", "lease_expires", "version_number"],
+            },
         ),
     ]
     # Every field on the change form is read-only: the actions are the way to act.
@@ -184,19 +208,31 @@ class JobAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         job = self.get_object(request, object_id)
         allowed = job is not None and super().has_change_permission(request)
+        # Every button the user may press; the page shows those the job's status allows, and
+        # admin_live.js shows and hides them as the status changes (data-statuses).
         buttons = [
-            {"action": action, **button}
+            {
+                "action": action,
+                **button,
+                "shown": job.status in button["statuses"],
+                "statuses": " ".join(sorted(button["statuses"])),
+            }
             for action, button in JOB_PAGE_ACTIONS.items()
-            if allowed and job is not None and job.status in button["statuses"]
+            if allowed and job is not None
         ]
-        return super().change_view(
-            request, object_id, form_url, {**(extra_context or {}), "job_buttons": buttons}
-        )
+        context = {
+            **(extra_context or {}),
+            "job_buttons": buttons,
+            # admin_live.js re-reading the fields no message carries: the page's messages are
+            # left for the person's next page, not used up by a background request.
+            "live_refresh": request.headers.get(LIVE_REFRESH_HEADER) == "1",
+        }
+        return super().change_view(request, object_id, form_url, context)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # a job changes only through the services (deleting a running one strands its worker)
 
-    # --- columns --------------------------------------------------------------------------------
+    # --- columns and fields: the live ones are `cells`, marked for admin_live.js ----------------
 
     @admin.display(description="ID", ordering="id")
     def short_id(self, job: Job) -> str:
@@ -204,55 +240,59 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, job: Job) -> str:
-        cancel = " · cancelling" if job.status == JobStatus.RUNNING and job.cancel_requested_at else ""
-        return format_html(
-            '<span class="lr-badge lr-badge-{}" data-job-id="{}" data-field="status">{}{}</span>',
-            job.status,
-            job.pk,
-            job.get_status_display(),
-            cancel,
-        )
+        return cells.status_badge(job)
 
     @admin.display(description="Progress")
     def progress_bar(self, job: Job) -> str:
-        return format_html(
-            '<progress class="lr-progress" max="100" value="{}" data-job-id="{}" data-field="progress" '
-            'title="{}%">{}%</progress>',
-            job.progress,
-            job.pk,
-            job.progress,
-            job.progress,
-        )
+        return cells.progress_value(job)
+
+    @admin.display(description="Attempts")
+    def attempts_of_max(self, job: Job) -> str:
+        return cells.attempts_value(job)
 
     @admin.display(description="Duration")
     def duration(self, job: Job) -> str:
-        if job.started_at is None:
-            return "—"
-        end = job.finished_at
-        if end is None:
-            return "running"
-        seconds = (end - job.started_at).total_seconds()
-        return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+        return cells.duration_value(job)
+
+    created = _time_field("created_at", "Created")
+    dispatched = _time_field("dispatched_at", "Dispatched at")
+    started = _time_field("started_at", "Started at")
+    finished = _time_field("finished_at", "Finished at")
+    cancel_requested = _time_field("cancel_requested_at", "Cancel requested at")
+    due = _time_field("run_at", "Run at")
+    lease_expires = _time_field("lease_expires_at", "Lease expires at")
+
+    @admin.display(description="Worker")
+    def worker_name(self, job: Job) -> str:
+        return cells.text_value(job, "worker")
+
+    @admin.display(description="Celery task id")
+    def celery_task(self, job: Job) -> str:
+        return cells.text_value(job, "celery_task_id")
+
+    @admin.display(description="Version")
+    def version_number(self, job: Job) -> str:
+        return cells.text_value(job, "version")
 
     @admin.display(description="Params")
     def params_pretty(self, job: Job) -> str:
-        return _pretty_json(job.params)
+        return cells.pretty_json(job.params)
 
     @admin.display(description="Metadata")
     def metadata_pretty(self, job: Job) -> str:
-        return _pretty_json(job.metadata)
+        return cells.pretty_json(job.metadata)
 
     @admin.display(description="Result")
     def result_pretty(self, job: Job) -> str:
-        return _pretty_json(job.result)
+        return cells.json_value(job, "result")
 
     @admin.display(description="Error")
     def error_pretty(self, job: Job) -> str:
-        return _pretty_json(job.error)
+        return cells.json_value(job, "error")
 
     @admin.display(description="Traceback")
     def traceback_pretty(self, job: Job) -> str:
-        return format_html('<pre class="lr-json">{}</pre>', job.traceback) if job.traceback else "—"
+        return cells.traceback_value(job)
 
     # --- search: by id (or its start), metadata key:value, or type ------------------------------
 

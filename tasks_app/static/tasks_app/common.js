@@ -93,6 +93,32 @@ export function errorLine(job) {
   return job.error ? `${job.error.type}: ${job.error.message}` : "";
 }
 
+/**
+ * JSON as the admin's pretty_json writes it (Python's json.dumps with indent=2, sort_keys):
+ * keys sorted at every level, two spaces per level.
+ */
+export function prettyJson(value, indent = "") {
+  const inner = `${indent}  `;
+  if (Array.isArray(value)) {
+    if (!value.length) return "[]";
+    return `[\n${value.map((item) => inner + prettyJson(item, inner)).join(",\n")}\n${indent}]`;
+  }
+  if (value && typeof value === "object") {
+    const keys = Object.keys(value).sort();
+    if (!keys.length) return "{}";
+    const members = keys.map((key) => `${inner}${JSON.stringify(key)}: ${prettyJson(value[key], inner)}`);
+    return `{\n${members.join(",\n")}\n${indent}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/** Nothing to show: null, "", [] or {}. */
+export function isEmpty(value) {
+  if (value === null || value === undefined || value === "") return true;
+  if (Array.isArray(value)) return value.length === 0;
+  return typeof value === "object" && Object.keys(value).length === 0;
+}
+
 export function clockTime(iso) {
   const date = new Date(iso);
   return Number.isNaN(date.getTime()) ? "" : clockFormat.format(date);

@@ -5,7 +5,7 @@
 
 import { JobStream } from "./live.js";
 import {
-  ACTIVE, EMPTY, api, clockTime, formatDuration, formatTime, h, jobDuration, liveIndicator, localizeTimes,
+  ACTIVE, EMPTY, api, clockTime, formatDuration, formatTime, h, isEmpty, jobDuration, liveIndicator, localizeTimes,
   problemText, readConfig, setText, statusLabel,
 } from "./common.js";
 
@@ -49,12 +49,6 @@ let awaitingCancel = false; // a cancel was requested here and the job has not s
 let noteStatus = null;
 
 // --- rendering ------------------------------------------------------------------------------
-
-function isEmpty(value) {
-  return value === null || value === undefined || value === "" ||
-    (Array.isArray(value) && value.length === 0) ||
-    (typeof value === "object" && !Array.isArray(value) && Object.keys(value).length === 0);
-}
 
 /** One field of the page, by its data-format (the server renders the same formats first). */
 function renderField(el, key) {
