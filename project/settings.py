@@ -410,6 +410,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "tasks_app.api.schema.job_type_variants",
+        "tasks_app.api.schema.nul_refused_everywhere",
         "tasks_app.api.schema.problem_media_type",
     ],
 }

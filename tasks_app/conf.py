@@ -48,6 +48,15 @@ MAX_WAIT_SECONDS: Final = 30
 
 # Celery queues. Jobs, the maintenance sweep and webhook deliveries each have their own, so a
 # slow receiver or a long sweep never holds a job worker.
+# Schedules: how many due schedules one sweep fires (the most overdue first; the next sweep takes
+# the rest), how many missed slots catch-up "all" fires at most, and how many coming fire times
+# a schedule's representation lists.
+SCHEDULE_FIRE_BATCH: Final = 100
+SCHEDULE_CATCHUP_LIMIT: Final = 100
+SCHEDULE_NEXT_TIMES: Final = 5
+# How many of its last jobs a schedule's representation shows (the strip of outcomes).
+SCHEDULE_RECENT_JOBS: Final = 20
+
 JOB_QUEUE: Final = "longrun.jobs"
 MAINTENANCE_QUEUE: Final = "longrun.maintenance"
 WEBHOOK_QUEUE: Final = "longrun.webhooks"
@@ -109,6 +118,8 @@ class AppSettings:
     ]
     # Extra modules with @job_type functions, imported at start-up.
     JOB_MODULES: list[str] = []  # noqa: RUF012 (read-only default)
+    # The user who owns the schedules declared in code (created, unable to sign in, if missing).
+    SCHEDULES_OWNER: str = "longrun"
     # Seconds between maintenance sweeps; a queued job not dispatched after DISPATCH_GRACE is
     # re-published by the sweep.
     SWEEP_INTERVAL: float = 5.0

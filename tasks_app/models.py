@@ -10,6 +10,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils.timezone import now
 
 from .conf import PRIORITY_MAX
 
@@ -69,6 +70,11 @@ class Job(models.Model):
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     # +1 on every change; clients detect missed live updates by a gap, ETags derive from it.
     version = models.PositiveIntegerField(default=1)
+    # The schedule that created it and the slot it fired for; a deleted schedule keeps its jobs.
+    schedule = models.ForeignKey(
+        "Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs", db_index=False
+    )
+    scheduled_for = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -96,6 +102,13 @@ class Job(models.Model):
             models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_lte_100"),
             models.CheckConstraint(condition=Q(priority__lte=PRIORITY_MAX), name="job_priority_lte_9"),
             models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="job_status_valid"),
+            # One job per schedule slot, however many sweepers fire it: the second INSERT fails.
+            # Its index also serves a schedule's jobs, newest slot first.
+            models.UniqueConstraint(
+                fields=["schedule", "scheduled_for"],
+                name="job_schedule_slot_unique",
+                condition=Q(schedule__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -104,6 +117,79 @@ class Job(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+class ScheduleOverlap(models.TextChoices):
+    """What a slot does while the previous job of the schedule is still active."""
+
+    SKIP = "skip", "Skip the slot"
+    ALLOW = "allow", "Run alongside"
+    CANCEL_PREVIOUS = "cancel_previous", "Cancel the previous job"
+
+
+class ScheduleCatchup(models.TextChoices):
+    """What happens to the slots missed while nothing fired (the sweep was down)."""
+
+    LATEST = "latest", "Fire once for the missed slots"
+    NONE = "none", "Skip the missed slots"
+    ALL = "all", "Fire every missed slot (up to a bound)"
+
+
+class Schedule(models.Model):
+    """A recurring job: a cron expression (in `timezone`) or an interval, and the submission each
+    slot makes. The sweep fires due schedules (`services.schedules`); the unique slot of
+    `Job.schedule`/`Job.scheduled_for` makes each slot fire once. `managed` schedules are
+    declared in code (`@job_type(schedules=...)`) and synced; only their pause is the operator's."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="schedules")
+    type = models.CharField(max_length=100)
+    params = models.JSONField(default=dict, blank=True)
+    priority = models.PositiveSmallIntegerField(default=5)
+    max_attempts = models.PositiveIntegerField(null=True, blank=True)
+    timeout = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds.")
+    metadata = models.JSONField(default=dict, blank=True)
+    callback_url = models.URLField(max_length=2000, blank=True, default="")
+    webhook_events = models.JSONField(default=list, blank=True)
+    cron = models.CharField(max_length=200, blank=True, default="", help_text="5 fields, in `timezone`.")
+    interval = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds between slots.")
+    timezone = models.CharField(max_length=64, default="UTC")
+    enabled = models.BooleanField(default=True)
+    # Why it was disabled, when the system did it (its type vanished, its params no longer validate).
+    disabled_reason = models.TextField(blank=True, default="")
+    start_at = models.DateTimeField(null=True, blank=True)
+    end_at = models.DateTimeField(null=True, blank=True)
+    overlap = models.CharField(max_length=16, choices=ScheduleOverlap.choices, default=ScheduleOverlap.SKIP)
+    catchup = models.CharField(max_length=16, choices=ScheduleCatchup.choices, default=ScheduleCatchup.LATEST)
+    next_fire_at = models.DateTimeField(null=True, blank=True)
+    last_fired_at = models.DateTimeField(null=True, blank=True)
+    # The last slot skipped because the previous job was still active (overlap "skip").
+    last_skipped_at = models.DateTimeField(null=True, blank=True)
+    managed = models.BooleanField(default=False, help_text="Declared in code; only pause and resume here.")
+    # Set by the services from the database's clock (an interval counts from it).
+    created_at = models.DateTimeField(default=now)
+    updated_at = models.DateTimeField(default=now)
+    version = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [
+            # The sweep's question: which enabled schedules are due.
+            models.Index(fields=["next_fire_at"], name="schedule_due_idx", condition=Q(enabled=True)),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="schedule_owner_name_unique"),
+            # Exactly one of cron and interval.
+            models.CheckConstraint(
+                condition=(Q(cron="") & Q(interval__isnull=False)) | (~Q(cron="") & Q(interval__isnull=True)),
+                name="schedule_cron_xor_interval",
+            ),
+            models.CheckConstraint(condition=Q(priority__lte=PRIORITY_MAX), name="schedule_priority_lte_9"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class JobEventKind(models.TextChoices):

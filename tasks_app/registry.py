@@ -11,12 +11,16 @@ value (JSON) becomes the job's result and an exception becomes its error.
 
 A type may name its Celery queue (`queue="cpu"`), so that its jobs run only on workers started
 for that queue (`celery -A project worker -Q cpu`); the others go to `conf.JOB_QUEUE`.
+
+A type may declare schedules, which become managed schedule rows::
+
+    @job_type("report", ..., schedules=[every("weekday report", cron="0 9 * * 1-5", timezone="Europe/Paris")])
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +31,35 @@ from jsonschema.exceptions import SchemaError
 from .conf import JOB_QUEUE, LONGRUN_QUEUES
 
 JobFunction = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class DeclaredSchedule:
+    """A schedule declared in code with its job type (`@job_type(..., schedules=[...])`): synced
+    as a managed row at start-up and by `manage.py schedules sync`. Give `cron` (five fields, in
+    `timezone`) or `interval` (seconds); the other fields are a schedule's (see the README)."""
+
+    name: str
+    cron: str = ""
+    interval: int | None = None
+    timezone: str = "UTC"
+    params: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # priority, overlap, catchup, metadata...
+
+
+def every(
+    name: str,
+    *,
+    cron: str = "",
+    interval: int | None = None,
+    timezone: str = "UTC",
+    params: dict[str, Any] | None = None,
+    **options: Any,
+) -> DeclaredSchedule:
+    """A schedule for `@job_type(schedules=[...])`: every("nightly", cron="0 3 * * *")."""
+    return DeclaredSchedule(
+        name=name, cron=cron, interval=interval, timezone=timezone, params=dict(params or {}), options=options
+    )
 
 
 @dataclass(frozen=True)
@@ -41,6 +74,8 @@ class JobType:
     default_timeout: int | None = None
     # The Celery queue its jobs are published to; workers started for it run them.
     queue: str = JOB_QUEUE
+    # Schedules declared with it (managed rows, `services.schedules.schedules_sync`).
+    schedules: tuple[DeclaredSchedule, ...] = ()
     validator: Draft202012Validator = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
 
 
@@ -59,6 +94,7 @@ def job_type(
     retry_on: tuple[type[BaseException], ...] = (),
     default_timeout: int | None = None,
     queue: str = JOB_QUEUE,
+    schedules: Sequence[DeclaredSchedule] = (),
 ) -> Callable[[JobFunction], JobFunction]:
     """Register the decorated function as the job type `name`, its jobs published to `queue`."""
     if not _is_name(name):
@@ -85,6 +121,7 @@ def job_type(
             retry_on=tuple(retry_on),
             default_timeout=default_timeout,
             queue=queue,
+            schedules=tuple(schedules),
             validator=Draft202012Validator(params_schema),
         )
         return func
@@ -177,3 +214,8 @@ def apply_defaults(jt: JobType, params: dict[str, Any]) -> dict[str, Any]:
         if key not in filled and isinstance(prop, dict) and "default" in prop:
             filled[key] = prop["default"]
     return filled
+
+
+def declared_schedules() -> list[tuple[str, DeclaredSchedule]]:
+    """(job type name, schedule) for every schedule declared in code."""
+    return [(jt.name, declared) for jt in _registry.values() for declared in jt.schedules]

@@ -9,7 +9,17 @@ from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from django.db import connections
-from django.db.models import CharField, Count, OuterRef, Q, QuerySet, Subquery, Sum, TextField, Value
+from django.db.models import (
+    CharField,
+    Count,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    TextField,
+    Value,
+)
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Concat, Replace, TruncMinute
 from django.utils import timezone

@@ -23,7 +23,9 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .models import Job, JobEvent, JobId
+from . import recurrence
+from .conf import SCHEDULE_NEXT_TIMES
+from .models import Job, JobEvent, JobId, Schedule
 
 
 class JobErrorSerializer(serializers.Serializer):
@@ -75,6 +77,8 @@ class JobSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
             "cancel_requested_at",
+            "schedule",
+            "scheduled_for",
             "version",
             "links",
         ]
@@ -148,6 +152,8 @@ def job_representation(job: Job) -> dict[str, Any]:
         "started_at": _time(job.started_at, zone),
         "finished_at": _time(job.finished_at, zone),
         "cancel_requested_at": _time(job.cancel_requested_at, zone),
+        "schedule": None if job.schedule_id is None else str(job.schedule_id),
+        "scheduled_for": _time(job.scheduled_for, zone),
         "version": job.version,
         "links": job_links(job.pk),
     }
@@ -187,6 +193,127 @@ class JobEventSerializer(serializers.ModelSerializer):
 
     def to_representation(self, instance: JobEvent) -> dict[str, Any]:
         return event_representation(instance)
+
+
+# --- schedules ------------------------------------------------------------------------------
+
+
+class ScheduleRunSerializer(serializers.Serializer):
+    """One of a schedule's recent jobs: enough for a strip of outcomes."""
+
+    id = serializers.UUIDField()
+    status = serializers.CharField()
+    scheduled_for = serializers.DateTimeField(allow_null=True, help_text="Its slot; null for a run now.")
+    created_at = serializers.DateTimeField()
+
+
+class ScheduleLinksSerializer(serializers.Serializer):
+    self = serializers.CharField()
+    pause = serializers.CharField()
+    resume = serializers.CharField()
+    run = serializers.CharField()
+    jobs = serializers.CharField()
+
+
+class ScheduleSerializer(serializers.Serializer):
+    """A schedule as every channel carries it (`schedule_representation` builds it)."""
+
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    owner = serializers.CharField()
+    type = serializers.CharField()
+    params = serializers.JSONField()
+    priority = serializers.IntegerField()
+    max_attempts = serializers.IntegerField(allow_null=True)
+    timeout = serializers.IntegerField(allow_null=True)
+    metadata = serializers.DictField(child=serializers.CharField())
+    callback_url = serializers.CharField()
+    webhook_events = serializers.ListField(child=serializers.CharField())
+    cron = serializers.CharField(help_text="Five fields in `timezone`; empty when `interval` is set.")
+    interval = serializers.IntegerField(allow_null=True, help_text="Seconds; null when `cron` is set.")
+    timezone = serializers.CharField()
+    description = serializers.CharField(
+        help_text='In words: "At 09:00, Monday through Friday, Europe/Paris".'
+    )
+    enabled = serializers.BooleanField(
+        help_text="False while paused, or disabled by the system (see disabled_reason)."
+    )
+    disabled_reason = serializers.CharField()
+    start_at = serializers.DateTimeField(allow_null=True)
+    end_at = serializers.DateTimeField(allow_null=True)
+    overlap = serializers.CharField()
+    catchup = serializers.CharField()
+    next_fire_at = serializers.DateTimeField(allow_null=True)
+    next_fire_times = serializers.ListField(child=serializers.DateTimeField())
+    last_fired_at = serializers.DateTimeField(allow_null=True)
+    last_skipped_at = serializers.DateTimeField(allow_null=True)
+    managed = serializers.BooleanField(
+        help_text="Declared in code: only pause and resume may change it here."
+    )
+    recent_jobs = ScheduleRunSerializer(many=True, help_text="Its last jobs, newest first.")
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    version = serializers.IntegerField()
+    links = ScheduleLinksSerializer()
+
+
+def schedule_representation(schedule: Schedule, *, recent_jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The schedule as REST, WebSocket and SSE carry it; `recent_jobs` from
+    `selectors.schedule_recent_jobs`."""
+    zone = timezone.get_current_timezone()
+    base = reverse("api:schedule-detail", args=[schedule.pk])
+    return {
+        "id": str(schedule.pk),
+        "name": schedule.name,
+        "owner": str(schedule.owner.get_username()),
+        "type": schedule.type,
+        "params": schedule.params,
+        "priority": schedule.priority,
+        "max_attempts": schedule.max_attempts,
+        "timeout": schedule.timeout,
+        "metadata": schedule.metadata,
+        "callback_url": schedule.callback_url,
+        "webhook_events": list(schedule.webhook_events),
+        "cron": schedule.cron,
+        "interval": schedule.interval,
+        "timezone": schedule.timezone,
+        "description": recurrence.describe(
+            cron=schedule.cron, interval=schedule.interval, zone_name=schedule.timezone
+        ),
+        "enabled": schedule.enabled,
+        "disabled_reason": schedule.disabled_reason,
+        "start_at": _time(schedule.start_at, zone),
+        "end_at": _time(schedule.end_at, zone),
+        "overlap": str(schedule.overlap),
+        "catchup": str(schedule.catchup),
+        "next_fire_at": _time(schedule.next_fire_at, zone),
+        "next_fire_times": [
+            _time(slot, zone)
+            for slot in recurrence.next_fire_times(schedule, after=timezone.now(), count=SCHEDULE_NEXT_TIMES)
+        ],
+        "last_fired_at": _time(schedule.last_fired_at, zone),
+        "last_skipped_at": _time(schedule.last_skipped_at, zone),
+        "managed": schedule.managed,
+        "recent_jobs": [
+            {
+                "id": str(job["id"]),
+                "status": str(job["status"]),
+                "scheduled_for": _time(job["scheduled_for"], zone),
+                "created_at": _time(job["created_at"], zone),
+            }
+            for job in recent_jobs
+        ],
+        "created_at": _time(schedule.created_at, zone),
+        "updated_at": _time(schedule.updated_at, zone),
+        "version": schedule.version,
+        "links": {
+            "self": base,
+            "pause": f"{base}pause/",
+            "resume": f"{base}resume/",
+            "run": f"{base}run/",
+            "jobs": f"{base}jobs/",
+        },
+    }
 
 
 class QueryParams(serializers.Serializer):

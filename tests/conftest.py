@@ -43,15 +43,22 @@ def fast_password_hashing(request):
 def broker():
     """No broker and no Redis. The two seams every change leaves the process by are faked here,
     and only here: the Celery publish (`services.dispatch.run_job.apply_async`, what a job's
-    dispatch sends) and the live-update publishes (`realtime.publish.publish_job_message(s)`).
+    dispatch sends) and the live-update publishes (`realtime.publish.publish_job_message(s)`,
+    `publish_schedule_message`).
 
     Not autouse: modules that want it for every test say `pytest.mark.usefixtures("broker")`."""
     with (
         mock.patch.object(dispatch.run_job, "apply_async") as apply_async,
         mock.patch("tasks_app.realtime.publish.publish_job_message", autospec=True) as publish,
         mock.patch("tasks_app.realtime.publish.publish_job_messages", autospec=True) as publish_many,
+        mock.patch("tasks_app.realtime.publish.publish_schedule_message", autospec=True) as publish_schedule,
     ):
-        yield mock.Mock(apply_async=apply_async, publish=publish, publish_many=publish_many)
+        yield mock.Mock(
+            apply_async=apply_async,
+            publish=publish,
+            publish_many=publish_many,
+            publish_schedule=publish_schedule,
+        )
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ LAYERS: list[tuple[str, list[str]]] = [
             "serializers",
             "selectors",
             "timeline",
+            "schedule_selectors",
+            "recurrence",
             "throttling",
             "polling",
             "stack",
@@ -54,6 +56,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "services.maintenance",
             "services.workers",
             "services.retention",
+            "services.schedules",
         ],
     ),
     (

@@ -39,6 +39,19 @@ class IsoDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = PresentIsoDateTimeField
 
 
+class PresentUUIDField(forms.UUIDField):
+    """Absent means no filter; present but empty is a 400, like the dates."""
+
+    def clean(self, value: Any) -> Any:
+        if value == "":
+            raise forms.ValidationError("Give an id (a UUID), or leave the parameter out.")
+        return super().clean(value)
+
+
+class UUIDFilter(django_filters.UUIDFilter):
+    field_class = PresentUUIDField
+
+
 class MetadataFilter(django_filters.Filter):
     field_class = MetadataFilterField
 
@@ -58,10 +71,11 @@ class JobFilter(django_filters.FilterSet):
     created_before = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", help_text="ISO 8601.")
     owner = django_filters.CharFilter(field_name="owner__username", help_text="A username (staff only).")
     metadata = MetadataFilter(help_text="key:value; jobs whose metadata has that key with that value.")
+    schedule = UUIDFilter(field_name="schedule_id", help_text="A schedule's id: the jobs it created.")
 
     class Meta:
         model = Job
-        fields = ["status", "type", "created_after", "created_before", "owner", "metadata"]
+        fields = ["status", "type", "created_after", "created_before", "owner", "metadata", "schedule"]
 
 
 class JobOrderingFilter(OrderingFilter):

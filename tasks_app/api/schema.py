@@ -20,6 +20,22 @@ def _component_name(type_name: str) -> str:
     return "".join(part.capitalize() for part in type_name.replace("-", "_").replace(".", "_").split("_"))
 
 
+def nul_refused_everywhere(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """Any request with a NUL character anywhere is refused with a 400 before it reaches a view
+    (`web.middleware`), so every operation can answer 400."""
+    for path in result.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            responses.setdefault(
+                "400",
+                {
+                    "description": "The request carries a NUL character.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                },
+            )
+    return result
+
+
 def problem_media_type(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """Error answers are `application/problem+json` (RFC 9457), not plain JSON."""
     for path in result.get("paths", {}).values():

@@ -22,7 +22,7 @@ from ..conf import (
     PRIORITY_MIN,
     app_settings,
 )
-from ..models import CANCELLABLE_STATUS_CHOICES, WorkerState
+from ..models import CANCELLABLE_STATUS_CHOICES, ScheduleCatchup, ScheduleOverlap, WorkerState
 from ..serializers import JobSerializer, QueryParams
 
 
@@ -142,7 +142,50 @@ class JobCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
             fields[name] = field
             if name == "run_at":
                 fields["timeout"] = timeout
+        fields.setdefault("timeout", timeout)
         return fields
+
+
+class ScheduleWriteSerializer(JobCreateSerializer):
+    """The body of `POST /api/schedules/` (and of PATCH, where every field is optional): when it
+    fires, and the job each slot submits (the fields of `POST /api/jobs/` but `run_at`). The
+    expression, zone and params are checked by the services, which name the field at fault."""
+
+    run_at = None  # type: ignore[assignment]  # a schedule's slots say when (DRF drops the field)
+    name = StrictCharField(max_length=200, help_text="Unique among your schedules.")
+    cron = StrictCharField(
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="Five fields (minute hour day-of-month month day-of-week) in `timezone`, e.g. 0 9 * * 1-5.",
+    )
+    interval = StrictIntegerField(
+        min_value=1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Seconds between slots, instead of cron.",
+    )
+    timezone = StrictCharField(
+        max_length=64, required=False, default="UTC", help_text="An IANA name, e.g. Europe/Paris."
+    )
+    start_at = AwareDateTimeField(
+        required=False, allow_null=True, default=None, help_text="No slot before it."
+    )
+    end_at = AwareDateTimeField(required=False, allow_null=True, default=None, help_text="No slot after it.")
+    overlap = serializers.ChoiceField(
+        choices=ScheduleOverlap.choices,
+        required=False,
+        default=ScheduleOverlap.SKIP,
+        help_text="While the previous job is active: skip the slot, allow another, or cancel the previous.",
+    )
+    catchup = serializers.ChoiceField(
+        choices=ScheduleCatchup.choices,
+        required=False,
+        default=ScheduleCatchup.LATEST,
+        help_text="Slots missed while nothing fired: fire the latest once, none, or all (up to 100).",
+    )
 
 
 class JobBulkCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):

@@ -1,12 +1,13 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from . import views
+from . import schedules, views
 
 app_name = "api"
 
 router = SimpleRouter()
 router.register("jobs", views.JobViewSet, basename="job")
+router.register("schedules", schedules.ScheduleViewSet, basename="schedule")
 
 urlpatterns = [
     path("job-types/", views.JobTypeListView.as_view(), name="job-types"),

@@ -11,6 +11,11 @@ To clients, over the WebSocket (`/ws/jobs/`) and as the data of SSE `job` frames
     {"type": "error", "code": ..., "message": ...}                              (WebSocket)
     {"event": "snapshot" | "resync", "version": n, "job": {...}}                 (SSE opening/resync)
 
+Schedules (scope "schedules"): internal {"type": "schedule.event", "event": kind, "schedule":
+<REST representation>}; to clients {"type": "schedule", "event": kind, "schedule": {...}} and a
+snapshot {"type": "snapshot", "scope": "schedules", "schedules": [...]}. `kind` is `created`,
+`updated`, `paused`, `resumed`, `fired` or `deleted`.
+
 `kind` is `created`, `status`, `progress`, `log` or `cancel_requested`. Every job is the REST
 representation (`serializers.JobSerializer`) as plain JSON values, so it can cross msgpack.
 """
@@ -19,8 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..models import Job, JobEvent
-from ..serializers import event_representation, job_representation
+from ..models import Job, JobEvent, Schedule
+from ..serializers import event_representation, job_representation, schedule_representation
 
 
 def job_data(job: Job) -> dict[str, Any]:
@@ -68,3 +73,21 @@ def stream_job(data: dict[str, Any], event: str = "snapshot") -> dict[str, Any]:
     """The data of an SSE `job` frame that is not a change: the opening snapshot, or a resync
     after the stream noticed it had missed something."""
     return {"event": event, "version": data["version"], "job": data}
+
+
+def schedule_changed(schedule: Schedule, event: str, *, recent_jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The channel-layer message for a change of a schedule (or its firing)."""
+    return {
+        "type": "schedule.event",
+        "event": event,
+        "schedule": schedule_representation(schedule, recent_jobs=recent_jobs),
+    }
+
+
+def client_schedule(message: dict[str, Any]) -> dict[str, Any]:
+    """What a client gets for a schedule's change (WebSocket message, SSE `schedule` frame data)."""
+    return {"type": "schedule", "event": message["event"], "schedule": message["schedule"]}
+
+
+def schedules_snapshot(schedules: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "snapshot", "scope": "schedules", "schedules": schedules}

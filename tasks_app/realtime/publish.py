@@ -34,6 +34,7 @@ from ..models import JobId
 logger = logging.getLogger(__name__)
 
 STAFF_GROUP = "jobs.staff"
+SCHEDULES_STAFF_GROUP = "schedules.staff"
 
 
 def job_group(job_id: JobId) -> str:
@@ -42,6 +43,10 @@ def job_group(job_id: JobId) -> str:
 
 def owner_group(user_id: Any) -> str:
     return f"jobs.owner.{user_id}"
+
+
+def schedules_owner_group(user_id: Any) -> str:
+    return f"schedules.owner.{user_id}"
 
 
 # A Redis command as redis-py packs it: ("HINCRBY", key, field, 1).
@@ -240,3 +245,8 @@ def publish_job_messages(
 ) -> bool:
     """Several changes of one owner's jobs, in order, in one write."""
     return publisher.send_many([(_groups(owner_id, message), message) for message in messages], extra=extra)
+
+
+def publish_schedule_message(owner_id: Any, message: dict[str, Any]) -> bool:
+    """Send a schedule's change to its owner's and the staff's schedule streams."""
+    return publisher.send([schedules_owner_group(owner_id), SCHEDULES_STAFF_GROUP], message)

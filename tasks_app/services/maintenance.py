@@ -1,7 +1,7 @@
 """The periodic sweep (Celery beat, on the maintenance queue): scheduled jobs whose time has
 come, dispatches that never happened, queued jobs whose broker message was lost, running jobs
 whose worker is gone or past its deadline, webhook deliveries that are due, old idempotency
-keys; and a sample of the backlog for the dashboard."""
+keys; the schedules whose slot has come; and a sample of the backlog for the dashboard."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from django.utils import timezone
 from .. import metrics, registry, selectors
 from ..conf import app_settings
 from ..models import TERMINAL_STATUSES, IdempotencyKey, Job, JobCount, JobCountChange, JobEventKind, JobStatus
-from . import dispatch, retention, webhooks, workers
+from . import dispatch, retention, schedules, webhooks, workers
 from .common import Note, literal
 from .transitions import change_job
 
@@ -27,6 +27,7 @@ def sweep() -> dict[str, int]:
     """One round of maintenance; returns what each part did."""
     return {
         "webhooks": webhooks.webhooks_dispatch_due(),
+        "schedules_fired": schedules.schedules_fire_due(),
         "recovered": jobs_recover_expired_leases(),
         "ended": jobs_enforce_deadlines(),
         "promoted": jobs_promote_scheduled(),

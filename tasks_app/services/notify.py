@@ -13,8 +13,8 @@ from typing import Any
 
 from django.db import transaction
 
-from .. import metrics
-from ..models import Job, JobEvent
+from .. import metrics, schedule_selectors
+from ..models import Job, JobEvent, Schedule
 from ..realtime import messages, publish
 from . import webhooks
 
@@ -34,3 +34,12 @@ def jobs_created_on_commit(owner_id: Any, jobs: list[Job]) -> None:
     batch = [messages.job_changed(job, "created") for job in jobs]
     counted = metrics.jobs_created_commands(jobs)
     transaction.on_commit(partial(publish.publish_job_messages, owner_id, batch, extra=counted))
+
+
+def schedule_changed_on_commit(schedule: Schedule, event: str) -> None:
+    """`schedule` changed or fired (`event`: created, updated, paused, resumed, fired, deleted).
+    Call inside the transaction of the change; the message is shaped now (a deleted schedule is
+    gone after commit) and published after commit."""
+    recent = schedule_selectors.schedule_recent_jobs([schedule.pk])[schedule.pk]
+    message = messages.schedule_changed(schedule, event, recent_jobs=recent)
+    transaction.on_commit(partial(publish.publish_schedule_message, schedule.owner_id, message))

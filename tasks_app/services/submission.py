@@ -27,7 +27,7 @@ from ..conf import (
     app_settings,
 )
 from ..exceptions import IdempotencyConflict, JobValidationError
-from ..models import IdempotencyKey, Job, JobEvent, JobEventKind, JobStatus
+from ..models import IdempotencyKey, Job, JobEvent, JobEventKind, JobStatus, Schedule
 from . import dispatch, notify
 from .common import NUL_MESSAGE, SURROGATE_MESSAGE, has_nul, surrogate_path
 
@@ -172,10 +172,10 @@ def submission_of(job: Job) -> dict[str, Any]:
     return {field.name: getattr(job, field.name) for field in fields(JobSpec) if field.name != "run_at"}
 
 
-def _new_job(spec: JobSpec, owner: User) -> Job:
+def _new_job(spec: JobSpec, owner: User, **origin: Any) -> Job:
     scheduled = spec.run_at is not None and spec.run_at > timezone.now()
     status = JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED
-    return Job(**vars(spec), owner=owner, status=status)
+    return Job(**vars(spec), owner=owner, status=status, **origin)
 
 
 def _created_event(job: Job, owner: User) -> JobEvent:
@@ -184,21 +184,24 @@ def _created_event(job: Job, owner: User) -> JobEvent:
         if job.status == JobStatus.SCHEDULED and job.run_at
         else ""
     )
+    if job.schedule is not None:
+        slot = f" for its {job.scheduled_for.isoformat()} slot" if job.scheduled_for else ", run now"
+        message = f"Started by schedule {job.schedule.name!r}{slot}."
+    else:
+        message = f"Submitted by {owner.get_username()}{when}."
     return JobEvent(
-        job=job,
-        seq=job.version,
-        kind=JobEventKind.CREATED,
-        status=job.status,
-        message=f"Submitted by {owner.get_username()}{when}.",
-        actor=owner,
+        job=job, seq=job.version, kind=JobEventKind.CREATED, status=job.status, message=message, actor=owner
     )
 
 
-def job_create(*, owner: User, **submission: Any) -> Job:
-    """Validate and persist a new job (see `job_validate` for the fields). A queued job is
-    dispatched to the workers after commit; a scheduled one by the sweep when its time comes."""
+def job_create(
+    *, owner: User, schedule: Schedule | None = None, scheduled_for: datetime | None = None, **submission: Any
+) -> Job:
+    """Validate and persist a new job (see `job_validate` for the fields), made by `schedule`
+    for its `scheduled_for` slot if given. A queued job is dispatched to the workers after
+    commit; a scheduled one by the sweep when its time comes."""
     spec = job_validate(**submission)
-    job = _new_job(spec, owner)
+    job = _new_job(spec, owner, schedule=schedule, scheduled_for=scheduled_for)
     entry = _created_event(job, owner)
     connection = connections[Job.objects.db]
     if connection.vendor == "postgresql":

@@ -16,8 +16,8 @@ from typing import Any
 from celery.signals import worker_ready
 from django.db import connection
 
-from ..conf import app_settings
-from ..services import workers
+from ..conf import MAINTENANCE_QUEUE, app_settings
+from ..services import schedules, workers
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,12 @@ def on_worker_ready(sender: Any, **kwargs: Any) -> None:
         _beat.register()
     except Exception:
         logger.warning("could not register worker %s; its heartbeat will", sender.hostname, exc_info=True)
+    try:
+        # The schedules declared in code become rows when a sweeping worker starts (a deploy).
+        if MAINTENANCE_QUEUE in queues:
+            logger.info("schedules declared in code: %s", schedules.schedules_sync())
+    except Exception:
+        logger.warning("could not sync the schedules declared in code", exc_info=True)
     finally:
         connection.close()  # the main thread keeps none; the beat thread has its own
     _beat.start()
