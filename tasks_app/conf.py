@@ -56,6 +56,8 @@ SCHEDULE_CATCHUP_LIMIT: Final = 100
 SCHEDULE_NEXT_TIMES: Final = 5
 # How many of its last jobs a schedule's representation shows (the strip of outcomes).
 SCHEDULE_RECENT_JOBS: Final = 20
+# How many schedules a live subscription (WebSocket scope "schedules", SSE) starts with.
+SCHEDULES_SNAPSHOT_LIMIT: Final = 200
 
 JOB_QUEUE: Final = "longrun.jobs"
 MAINTENANCE_QUEUE: Final = "longrun.maintenance"

@@ -23,7 +23,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from . import recurrence
+from . import recurrence, schedule_selectors
 from .conf import SCHEDULE_NEXT_TIMES
 from .models import Job, JobEvent, JobId, Schedule
 
@@ -314,6 +314,12 @@ def schedule_representation(schedule: Schedule, *, recent_jobs: list[dict[str, A
             "jobs": f"{base}jobs/",
         },
     }
+
+
+def schedules_representation(schedules: list[Schedule]) -> list[dict[str, Any]]:
+    """Several schedules as `schedule_representation` shows them, their recent jobs in one query."""
+    recent = schedule_selectors.schedule_recent_jobs([schedule.pk for schedule in schedules])
+    return [schedule_representation(schedule, recent_jobs=recent[schedule.pk]) for schedule in schedules]
 
 
 class QueryParams(serializers.Serializer):

@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "stack",
             "realtime.messages",
             "realtime.sse",
+            "realtime.asgi_io",
             "realtime.publish",
             "health",
             "metrics",

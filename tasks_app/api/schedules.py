@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
@@ -15,19 +15,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from .. import polling, schedule_selectors, selectors
+from ..conf import SCHEDULES_SNAPSHOT_LIMIT
 from ..models import Schedule
-from ..serializers import JobSerializer, ScheduleSerializer, schedule_representation
+from ..realtime import sse
+from ..serializers import JobSerializer, ScheduleSerializer, schedules_representation
 from ..services import schedules
 from .errors import problems
 from .mixins import ThrottleBeforePermissionsMixin, request_user
 from .pagination import JobCursorPagination, SchedulePagination
 from .serializers import ScheduleWriteSerializer
-
-
-def represent(schedules_: list[Schedule]) -> list[dict[str, Any]]:
-    """Schedules as the API shows them, their recent jobs read in one query."""
-    recent = schedule_selectors.schedule_recent_jobs([schedule.pk for schedule in schedules_])
-    return [schedule_representation(schedule, recent_jobs=recent[schedule.pk]) for schedule in schedules_]
 
 
 class ScheduleViewSet(
@@ -59,14 +55,14 @@ class ScheduleViewSet(
 
     def _answer(self, schedule: Schedule, code: int = status.HTTP_200_OK) -> Response:
         fresh = self.get_queryset().get(pk=schedule.pk)
-        return Response(represent([fresh])[0], status=code)
+        return Response(schedules_representation([fresh])[0], status=code)
 
     @extend_schema(responses={200: ScheduleSerializer(many=True), **problems(400, 401, 429)})
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """My schedules (all, for staff), by name, each with its next five fire times."""
         page = self.paginate_queryset(self.get_queryset())
         assert page is not None
-        return self.get_paginated_response(represent(list(page)))
+        return self.get_paginated_response(schedules_representation(list(page)))
 
     @extend_schema(responses={200: ScheduleSerializer, **problems(401, 404, 429)})
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -126,6 +122,34 @@ class ScheduleViewSet(
             schedule_id=self.get_changeable_object().pk, actor=request_user(request)
         )
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        operation_id="schedules_stream",
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(
+                str,
+                description=f"Server-Sent Events for the schedules I see: first `event: snapshot` with up to "
+                f"{SCHEDULES_SNAPSHOT_LIMIT} of them (`{{type, scope, schedules}}`), then `event: schedule` "
+                "frames `{type, event, schedule}` for every change and firing (`created`, `updated`, `paused`, "
+                "`resumed`, `fired`, `deleted`). Through Daphne the stream stays open; elsewhere it answers the "
+                "opening frames only.",
+            ),
+            **problems(401, 429),
+        },
+    )
+    @action(
+        detail=False,
+        methods=["get"],
+        url_path="stream",
+        renderer_classes=[sse.EventStreamRenderer],
+        pagination_class=None,
+    )
+    def stream(self, request: Request) -> Response:
+        """Server-Sent Events for my schedules (the opening frames; see `realtime.http`)."""
+        visible = list(self.get_queryset()[:SCHEDULES_SNAPSHOT_LIMIT])
+        return Response(
+            sse.schedules_stream_opening(schedules_representation(visible)), headers=sse.SSE_HEADERS
+        )
 
     @extend_schema(responses={200: JobSerializer(many=True), **problems(400, 401, 404, 429)})
     @action(detail=True, methods=["get"], pagination_class=JobCursorPagination)

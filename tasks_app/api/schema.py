@@ -20,7 +20,9 @@ def _component_name(type_name: str) -> str:
     return "".join(part.capitalize() for part in type_name.replace("-", "_").replace(".", "_").split("_"))
 
 
-def nul_refused_everywhere(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+def nul_refused_everywhere(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
     """Any request with a NUL character anywhere is refused with a 400 before it reaches a view
     (`web.middleware`), so every operation can answer 400."""
     for path in result.get("paths", {}).values():

@@ -43,8 +43,6 @@ from .serializers import (
     WorkerSerializer,
 )
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
 
 class JobViewSet(
     ThrottleBeforePermissionsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
@@ -191,7 +189,7 @@ class JobViewSet(
             else []
         )
         return Response(
-            sse.job_stream_opening(messages.job_data(job), history, after=after), headers=SSE_HEADERS
+            sse.job_stream_opening(messages.job_data(job), history, after=after), headers=sse.SSE_HEADERS
         )
 
     @extend_schema(
@@ -218,7 +216,7 @@ class JobViewSet(
         """Server-Sent Events for all my jobs (the opening frames; see `realtime.http`)."""
         jobs = selectors.job_list_recent(request.user, mine=True, limit=SNAPSHOT_LIMIT)
         frames = sse.jobs_stream_opening([messages.job_data(job) for job in reversed(jobs)])
-        return Response(frames, headers=SSE_HEADERS)
+        return Response(frames, headers=sse.SSE_HEADERS)
 
     @extend_schema(responses={200: WebhookDeliverySerializer(many=True), **problems(401, 404, 429)})
     @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)

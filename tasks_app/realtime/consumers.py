@@ -17,11 +17,12 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from .. import metrics, selectors
-from ..conf import SNAPSHOT_LIMIT
+from .. import metrics, schedule_selectors, selectors
+from ..conf import SCHEDULES_SNAPSHOT_LIMIT, SNAPSHOT_LIMIT
 from ..models import Job
+from ..serializers import schedules_representation
 from . import messages
-from .publish import STAFF_GROUP, job_group, owner_group
+from .publish import SCHEDULES_STAFF_GROUP, STAFF_GROUP, job_group, owner_group, schedules_owner_group
 
 
 @database_sync_to_async
@@ -35,6 +36,14 @@ def _visible_job(user: Any, job_id: str) -> dict[str, Any] | None:
 @database_sync_to_async
 def _sees_every_job(user: Any) -> bool:
     return selectors.sees_every_job(user)
+
+
+@database_sync_to_async
+def _schedules(user: Any) -> tuple[str, list[dict[str, Any]]]:
+    """The group of the schedules `user` sees, and their current state."""
+    visible = list(schedule_selectors.schedule_list_visible(user)[:SCHEDULES_SNAPSHOT_LIMIT])
+    group = SCHEDULES_STAFF_GROUP if selectors.sees_every_job(user) else schedules_owner_group(user.pk)
+    return group, schedules_representation(visible)
 
 
 @database_sync_to_async
@@ -97,7 +106,7 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if not isinstance(content, dict) or content.get("action") not in ("subscribe", "unsubscribe"):
             await self._bad_request(
-                'Send {"action": "subscribe" or "unsubscribe", "job": id or "scope": "mine"/"all"}.'
+                'Send {"action": "subscribe" or "unsubscribe", "job": id or "scope": "mine"/"all"/"schedules"}.'
             )
             return
         subscribe = content["action"] == "subscribe"
@@ -105,8 +114,10 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
             await self._subscribe_job(content["job"], subscribe)
         elif content.get("scope") in ("mine", "all"):
             await self._subscribe_scope(content["scope"], subscribe)
+        elif content.get("scope") == "schedules":
+            await self._subscribe_schedules(subscribe)
         else:
-            await self._bad_request('Give "job": "<id>" or "scope": "mine" or "all".')
+            await self._bad_request('Give "job": "<id>" or "scope": "mine", "all" or "schedules".')
 
     async def _subscribe_job(self, job_id: Any, subscribe: bool) -> None:
         """Subscribe to (or leave) one job's changes."""
@@ -142,6 +153,20 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
             return
         await self._join(group)
         await self._snapshot(await _recent_jobs(self.user, mine=scope == "mine"), scope=scope)
+
+    async def _subscribe_schedules(self, subscribe: bool) -> None:
+        """Subscribe to (or leave) the schedules I see (all of them, for staff): their changes
+        and firings, after a snapshot of each."""
+        group, schedules = await _schedules(self.user)
+        if not subscribe:
+            await self._leave(group)
+            return
+        await self._join(group)
+        await self.send_json(messages.schedules_snapshot(schedules))
+
+    async def schedule_event(self, message: dict[str, Any]) -> None:
+        """A schedule changed or fired (from the channel layer): rare, so sent at once."""
+        await self.send_json(messages.client_schedule(message))
 
     async def _snapshot(self, jobs: list[dict[str, Any]], **subscription: str) -> None:
         for job in jobs:

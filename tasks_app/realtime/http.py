@@ -42,18 +42,19 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from .. import metrics, polling, selectors
-from ..conf import SNAPSHOT_LIMIT
+from .. import metrics, polling, schedule_selectors, selectors
+from ..conf import SCHEDULES_SNAPSHOT_LIMIT, SNAPSHOT_LIMIT
 from ..models import TERMINAL_STATUSES, Job
+from ..serializers import schedules_representation
 from ..throttling import API_THROTTLES
-from . import messages, sse
-from .publish import job_group, owner_group
+from . import asgi_io, messages, sse
+from .publish import SCHEDULES_STAFF_GROUP, job_group, owner_group, schedules_owner_group
 
 logger = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = asgi_io.Receive
+Send = asgi_io.Send
 ASGIApp = Callable[..., Awaitable[None]]
 
 # How often a waiter re-reads the version, in case a live message was lost.
@@ -63,6 +64,7 @@ HEARTBEAT_SECONDS = 15.0
 JOB_DETAIL_PATH = re.compile(rf"^/api/jobs/(?P<pk>{polling.UUID_PATTERN})/$")
 JOB_STREAM_PATH = re.compile(rf"^/api/jobs/(?P<pk>{polling.UUID_PATTERN})/stream/$")
 JOBS_STREAM_PATH = re.compile(r"^/api/jobs/stream/$")
+SCHEDULES_STREAM_PATH = re.compile(r"^/api/schedules/stream/$")
 
 _no_response = lambda request: None  # noqa: E731  (middlewares below are used for process_request only)
 _session_middleware = SessionMiddleware(_no_response)  # type: ignore[arg-type]
@@ -146,6 +148,17 @@ def _job_stream_opening(user: Any, pk: str, after: int | None) -> tuple[dict[str
 def _jobs_stream_opening(user: Any) -> list[bytes]:
     jobs = selectors.job_list_recent(user, mine=True, limit=SNAPSHOT_LIMIT)
     return sse.jobs_stream_opening([messages.job_data(job) for job in reversed(jobs)])
+
+
+@_on_pool
+def _schedule_groups(user: Any) -> list[str]:
+    return [SCHEDULES_STAFF_GROUP if selectors.sees_every_job(user) else schedules_owner_group(user.pk)]
+
+
+@_on_pool
+def _schedules_stream_opening(user: Any) -> list[bytes]:
+    visible = list(schedule_selectors.schedule_list_visible(user)[:SCHEDULES_SNAPSHOT_LIMIT])
+    return sse.schedules_stream_opening(schedules_representation(visible))
 
 
 # --- answers ------------------------------------------------------------------------------------
@@ -307,26 +320,55 @@ async def job_stream(request: HttpRequest, send: Send, *, pk: str) -> Outcome:
                     return None
 
 
-async def jobs_stream(request: HttpRequest, send: Send) -> Outcome:
-    """Server-Sent Events for all my jobs: a snapshot of the newest, then every change."""
+async def _group_stream(
+    request: HttpRequest,
+    send: Send,
+    *,
+    groups: Callable[[Any], Awaitable[list[str]]],
+    opening: Callable[[Any], Awaitable[list[bytes]]],
+    frame_of: Callable[[dict[str, Any]], bytes],
+) -> Outcome:
+    """Server-Sent Events from channel-layer groups: the opening frames, then a frame per
+    message (`frame_of` may skip one with b""), with keep-alives between."""
     user = await _allowed_user(request)
     if user is None:
         return DEFER
-    async with group_updates([owner_group(user.pk)]) as updates:
+    async with group_updates(await groups(user)) as updates:
         with metrics.connections.open("sse"):
             await _stream_headers(send)
-            await _send_chunk(send, b"".join(await _jobs_stream_opening(user)))
-            sent: dict[str, int] = {}
+            await _send_chunk(send, b"".join(await opening(user)))
             while True:
                 message = await _next_message(updates, HEARTBEAT_SECONDS)
-                if message is None:
-                    await _send_chunk(send, sse.comment("keep-alive"))
-                elif message["version"] > sent.get(message["job"]["id"], 0):
-                    sent[message["job"]["id"]] = message["version"]
-                    frame_id = sse.jobs_frame_id(message["job"])
-                    await _send_chunk(
-                        send, sse.frame(id=frame_id, event="job", data=messages.client_job(message))
-                    )
+                chunk = sse.comment("keep-alive") if message is None else frame_of(message)
+                if chunk:
+                    await _send_chunk(send, chunk)
+
+
+async def jobs_stream(request: HttpRequest, send: Send) -> Outcome:
+    """Server-Sent Events for all my jobs: a snapshot of the newest, then every change."""
+    sent: dict[str, int] = {}
+
+    def frame_of(message: dict[str, Any]) -> bytes:
+        if message["version"] <= sent.get(message["job"]["id"], 0):
+            return b""
+        sent[message["job"]["id"]] = message["version"]
+        return sse.frame(id=sse.jobs_frame_id(message["job"]), event="job", data=messages.client_job(message))
+
+    async def groups(user: Any) -> list[str]:
+        return [owner_group(user.pk)]
+
+    return await _group_stream(request, send, groups=groups, opening=_jobs_stream_opening, frame_of=frame_of)
+
+
+async def schedules_stream(request: HttpRequest, send: Send) -> Outcome:
+    """Server-Sent Events for the schedules I see: each of them, then every change and firing."""
+
+    def frame_of(message: dict[str, Any]) -> bytes:
+        return sse.frame(event="schedule", data=messages.client_schedule(message))
+
+    return await _group_stream(
+        request, send, groups=_schedule_groups, opening=_schedules_stream_opening, frame_of=frame_of
+    )
 
 
 def _wait_of(scope: Scope) -> int | None:
@@ -363,6 +405,8 @@ class LiveHttpApp:
             return lambda request, send: job_stream(request, send, pk=pk)
         if JOBS_STREAM_PATH.match(path):
             return jobs_stream
+        if SCHEDULES_STREAM_PATH.match(path):
+            return schedules_stream
         return None
 
     async def _serve(
@@ -376,9 +420,9 @@ class LiveHttpApp:
         # Lazy: the session and user are read on the pool thread when the handler asks for them.
         _session_middleware.process_request(request)
         _auth_middleware.process_request(request)
-        replayable = _ReplayableReceive(receive)
+        replayable = asgi_io.ReplayableReceive(receive)
         work = asyncio.create_task(handler(request, send))
-        disconnected = asyncio.create_task(_until_disconnect(replayable))
+        disconnected = asyncio.create_task(asgi_io.until_disconnect(replayable))
         done, _ = await asyncio.wait({work, disconnected}, return_when=asyncio.FIRST_COMPLETED)
         if work not in done:
             work.cancel()  # the client went away: stop waiting for it
@@ -392,45 +436,4 @@ class LiveHttpApp:
         if outcome is DEFER:
             await self.django_app(scope, replayable.replay(), send)
         elif isinstance(outcome, HttpResponse):
-            await _send_response(send, outcome)
-
-
-class _ReplayableReceive:
-    """`receive`, remembering what it took, so a request handed on to Django gets it again."""
-
-    def __init__(self, receive: Receive) -> None:
-        self._receive = receive
-        self._taken: list[dict[str, Any]] = []
-
-    async def __call__(self) -> dict[str, Any]:
-        message = await self._receive()
-        self._taken.append(message)
-        return message
-
-    def replay(self) -> Receive:
-        taken = list(self._taken)
-
-        async def receive() -> dict[str, Any]:
-            return taken.pop(0) if taken else await self._receive()
-
-        return receive
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-def _headers(response: HttpResponse) -> list[tuple[bytes, bytes]]:
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers = [(name.encode("latin-1"), str(value).encode("latin-1")) for name, value in response.items()]
-    headers += [
-        (b"set-cookie", cookie.output(header="").strip().encode("latin-1"))
-        for cookie in response.cookies.values()
-    ]
-    return headers
-
-
-async def _send_response(send: Send, response: HttpResponse) -> None:
-    await send({"type": "http.response.start", "status": response.status_code, "headers": _headers(response)})
-    await send({"type": "http.response.body", "body": response.content})
+            await asgi_io.send_response(send, outcome)

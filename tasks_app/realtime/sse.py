@@ -15,6 +15,10 @@ from . import messages
 RETRY_MS = 3000
 
 
+# What a stream answered by Django (not the live front) carries: no caching, no proxy buffering.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
 def frame(*, data: Any, event: str | None = None, id: Any = None, retry: int | None = None) -> bytes:
     """One SSE event. `data` is sent as one line of JSON."""
     lines = []
@@ -84,3 +88,11 @@ def jobs_stream_opening(jobs: list[dict[str, Any]]) -> list[bytes]:
 def jobs_frame_id(job: dict[str, Any]) -> str:
     """Frame ids of the all-jobs stream: `<job id>:<version>`."""
     return f"{job['id']}:{job['version']}"
+
+
+def schedules_stream_opening(schedules: list[dict[str, Any]]) -> list[bytes]:
+    """The first frames of the schedules stream: one `snapshot` frame with every schedule."""
+    return [
+        comment("longrun schedules stream"),
+        frame(event="snapshot", data=messages.schedules_snapshot(schedules), retry=RETRY_MS),
+    ]

@@ -386,27 +386,47 @@ def schedules_owner() -> User:
 def schedules_sync() -> dict[str, int]:
     """Make the managed rows match the schedules declared in code: create the new ones, change
     those whose declaration changed (keeping an operator's pause), delete those no longer
-    declared (their jobs stay). Returns how many of each."""
-    owner = schedules_owner()
+    declared (their jobs stay). Returns how many of each. All or nothing: a declaration that does
+    not validate is a JobValidationError whose fields name it ("weekday report: cron")."""
+    with transaction.atomic():
+        counts = _sync_declared(schedules_owner())
+    counts.pop("unchanged", None)
+    return counts
+
+
+def _sync_declared(owner: User) -> dict[str, int]:
     existing = {schedule.name: schedule for schedule in Schedule.objects.filter(owner=owner, managed=True)}
-    counts = {"created": 0, "updated": 0, "deleted": 0}
+    counts = {"created": 0, "updated": 0, "unchanged": 0, "deleted": 0}
     for type_name, declared in registry.declared_schedules():
-        fields = {
-            "type": type_name,
-            "params": declared.params,
-            "cron": declared.cron,
-            "interval": declared.interval,
-            "timezone": declared.timezone,
-            **declared.options,
-        }
-        current = existing.pop(declared.name, None)
-        if current is None:
-            schedule_create(owner=owner, managed=True, name=declared.name, **fields)
-            counts["created"] += 1
-        elif any(getattr(current, name) != value for name, value in {**_defaults(), **fields}.items()):
-            schedule_update(schedule_id=current.pk, from_code=True, **{**_defaults(), **fields})
-            counts["updated"] += 1
+        try:
+            counts[_sync_one(owner, existing.pop(declared.name, None), type_name, declared)] += 1
+        except JobValidationError as exc:
+            raise JobValidationError(
+                {f"{declared.name}: {field}": reasons for field, reasons in exc.errors.items()}
+            ) from None
     for gone in existing.values():
         schedule_delete(schedule_id=gone.pk, from_code=True)
         counts["deleted"] += 1
     return counts
+
+
+def _sync_one(
+    owner: User, current: Schedule | None, type_name: str, declared: registry.DeclaredSchedule
+) -> str:
+    """Create or update one declared schedule's row; returns "created", "updated" or "unchanged"."""
+    fields = {
+        "type": type_name,
+        "params": declared.params,
+        "cron": declared.cron,
+        "interval": declared.interval,
+        "timezone": declared.timezone,
+        **declared.options,
+    }
+    if current is None:
+        schedule_create(owner=owner, managed=True, name=declared.name, **fields)
+        return "created"
+    wanted = {**_defaults(), **fields}
+    if any(getattr(current, name) != value for name, value in wanted.items()):
+        schedule_update(schedule_id=current.pk, from_code=True, **wanted)
+        return "updated"
+    return "unchanged"

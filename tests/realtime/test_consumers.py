@@ -415,3 +415,43 @@ def test_a_client_that_keeps_sending_garbage_is_closed_with_policy_violation(use
         assert closed == {"type": "websocket.close", "code": 1008}
 
     run(scenario())
+
+
+def test_the_schedules_scope_sends_mine_then_each_change_and_firing(user, other_user):
+    from tasks_app.models import Schedule
+    from tasks_app.services import schedules
+
+    with mock.patch("tasks_app.services.dispatch.run_job.apply_async"):
+        mine = schedules.schedule_create(owner=user, name="mine", type="sleep", cron="0 3 * * *")
+        schedules.schedule_create(owner=other_user, name="theirs", type="sleep", cron="0 3 * * *")
+    headers = token_headers(user)
+
+    def change_and_fire():
+        with mock.patch("tasks_app.services.dispatch.run_job.apply_async"):
+            schedules.schedule_pause(schedule_id=mine.pk)
+            schedules.schedule_resume(schedule_id=mine.pk)
+            Schedule.objects.filter(pk=mine.pk).update(next_fire_at=schedules.database_now())
+            schedules.schedules_fire_due()
+            theirs = Schedule.objects.get(name="theirs")
+            schedules.schedule_pause(schedule_id=theirs.pk)  # not for alice
+
+    async def scenario():
+        communicator, _ = await connect(headers)
+        await communicator.send_json_to({"action": "subscribe", "scope": "schedules"})
+        snapshot = await communicator.receive_json_from(timeout=5)
+        assert snapshot["type"] == "snapshot" and snapshot["scope"] == "schedules"
+        assert [s["name"] for s in snapshot["schedules"]] == ["mine"]
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(change_and_fire)
+        received = [await communicator.receive_json_from(timeout=5) for _ in range(3)]
+        assert [(m["type"], m["event"], m["schedule"]["name"]) for m in received] == [
+            ("schedule", "paused", "mine"),
+            ("schedule", "resumed", "mine"),
+            ("schedule", "fired", "mine"),
+        ]
+        fired = received[-1]["schedule"]
+        assert fired["last_fired_at"] is not None and len(fired["recent_jobs"]) == 1
+        assert await communicator.receive_nothing(timeout=0.5)  # the other user's change never came
+        await communicator.disconnect()
+
+    run(scenario())

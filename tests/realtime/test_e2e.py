@@ -178,3 +178,30 @@ def test_the_all_my_jobs_stream_opens_with_a_snapshot_and_follows_new_jobs(live_
             response, until=lambda f: any(x["data"]["job"]["id"] == second.json()["id"] for x in f)
         )
     assert any(f["id"].startswith(second.json()["id"] + ":") for f in more)
+
+
+def test_the_schedules_stream_opens_with_my_schedules_and_follows_their_changes(live_system):
+    base = live_system["base"]
+    headers = {"Authorization": f"Token {live_system['token']}"}
+    created = requests.post(
+        f"{base}/api/schedules/",
+        json={"name": "hourly", "type": "sleep", "params": {"seconds": 0}, "cron": "0 * * * *"},
+        headers=headers,
+        timeout=10,
+    )
+    assert created.status_code == 201, created.text
+    schedule_id = created.json()["id"]
+    assert requests.get(f"{base}/api/schedules/stream/", timeout=10).status_code == 401
+    with requests.get(f"{base}/api/schedules/stream/", headers=headers, stream=True, timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        opening = read_sse(response, until=lambda f: len(f) >= 1)
+        assert opening[0]["event"] == "snapshot"
+        assert [s["id"] for s in opening[0]["data"]["schedules"]] == [schedule_id]
+        requests.post(f"{base}/api/schedules/{schedule_id}/pause/", headers=headers, timeout=10)
+        changes = read_sse(response, until=lambda f: any(x["event"] == "schedule" for x in f))
+    change = next(f["data"] for f in changes if f["event"] == "schedule")
+    assert (change["event"], change["schedule"]["id"], change["schedule"]["enabled"]) == (
+        "paused",
+        schedule_id,
+        False,
+    )
