@@ -336,6 +336,7 @@ LONGRUN: dict[str, Any] = {
     ],
     # Extra modules with @job_type functions, imported at start-up (comma-separated).
     "JOB_MODULES": env_list("LONGRUN_JOB_MODULES", []),
+    "SCHEDULES_OWNER": os.environ.get("LONGRUN_SCHEDULES_OWNER", "longrun"),
     # How often the maintenance sweep runs (dispatch, lease expiry, scheduled jobs), seconds.
     "SWEEP_INTERVAL": env_float("LONGRUN_SWEEP_INTERVAL", 5.0),
     # A queued job whose on-commit dispatch has not happened after this long is re-published.

@@ -1,5 +1,6 @@
-"""When a schedule fires: the slots of a cron expression (in a time zone) or of an interval, and
-the expression in words. No queries here; `services.schedules` decides what to do with a slot.
+"""When a schedule fires: the slots of a cron expression (in a time zone) or of an interval, the
+expression in words, and the checks of those fields. No queries here; `services.schedules`
+decides what to do with a slot.
 
 Cron expressions are the classic five fields, read by cronsim (Healthchecks' parser), in the
 schedule's IANA time zone. Daylight saving time follows one rule:
@@ -17,14 +18,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cron_descriptor import Options, get_description  # type: ignore[import-untyped]
 from cronsim import CronSim, CronSimError
 
-if TYPE_CHECKING:
-    from .models import Schedule
+from .conf import app_settings
+from .models import Schedule, ScheduleCatchup, ScheduleOverlap
 
 CRON_FIELDS = 5
 
@@ -92,6 +93,66 @@ def _seconds_in_words(seconds: int) -> str:
             n = seconds // size
             return f"{n} {unit}{'s' if n != 1 else ''}" if n != 1 else unit
     return f"{seconds} seconds" if seconds != 1 else "second"
+
+
+# --- a schedule's fields -----------------------------------------------------------------------
+
+
+def recurrence_errors(values: dict[str, Any]) -> dict[str, list[str]]:
+    """What is wrong with a schedule's timing fields (cron or interval, timezone, start_at,
+    end_at, overlap, catchup), by field; {} when nothing is."""
+    errors: dict[str, list[str]] = {}
+    cron, interval = values.get("cron") or "", values.get("interval")
+    if bool(cron) == (interval is not None):
+        message = (
+            "Give either cron (5 fields) or interval (seconds), not both."
+            if cron
+            else "Give cron or interval."
+        )
+        errors["cron" if cron else "interval"] = [message]
+    elif cron:
+        try:
+            check_cron(cron)
+        except InvalidRecurrence as exc:
+            errors["cron"] = [str(exc)]
+    elif not isinstance(interval, int) or interval < app_settings.SWEEP_INTERVAL:
+        errors["interval"] = [
+            f"Whole seconds, at least the sweep interval ({app_settings.SWEEP_INTERVAL:g} s)."
+        ]
+    try:
+        time_zone(values.get("timezone") or "")
+    except InvalidRecurrence as exc:
+        errors["timezone"] = [str(exc)]
+    for name in ("start_at", "end_at"):
+        value = values.get(name)
+        if value is not None and value.utcoffset() is None:
+            errors[name] = ["Must include a time zone (for example 2030-01-01T09:00:00Z)."]
+    start, end = values.get("start_at"), values.get("end_at")
+    if start and end and "start_at" not in errors and "end_at" not in errors and end <= start:
+        errors["end_at"] = ["Must be after start_at."]
+    if values.get("overlap") not in ScheduleOverlap.values:
+        errors["overlap"] = [f"One of: {', '.join(ScheduleOverlap.values)}."]
+    if values.get("catchup") not in ScheduleCatchup.values:
+        errors["catchup"] = [f"One of: {', '.join(ScheduleCatchup.values)}."]
+    return errors
+
+
+def preview(values: dict[str, Any], *, now: datetime, count: int) -> dict[str, Any]:
+    """The expression in words and its next `count` slots after `now`, for a form that shows them
+    before saving; InvalidRecurrence-free: check `recurrence_errors` first."""
+    schedule = Schedule(
+        cron=values.get("cron") or "",
+        interval=values.get("interval"),
+        timezone=values.get("timezone") or "UTC",
+        start_at=values.get("start_at"),
+        end_at=values.get("end_at"),
+        created_at=now,
+        enabled=True,
+    )
+    return {
+        "description": describe(cron=schedule.cron, interval=schedule.interval, zone_name=schedule.timezone),
+        "next_fire_times": next_fire_times(schedule, after=now, count=count),
+    }
 
 
 # --- a schedule's slots -------------------------------------------------------------------------

@@ -910,3 +910,90 @@ def test_the_dashboard_answers_is_the_system_healthy_in_both_themes_and_widths(
         shot(page, "dark-job-390")
     finally:
         context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_schedule_made_on_its_page_fires_and_its_first_job_arrives_live(
+    chromium, stack, free_tcp_port, user, tmp_path
+):
+    """The whole path: the form (with its preview and a field error), the sweep (a worker on the
+    maintenance queue with beat) firing the slot, a job worker running it, and the page showing
+    the run in the schedule's strip without a reload; then Pause."""
+    from playwright.sync_api import expect
+
+    from tasks_app.models import Schedule
+    from tasks_app.stack import JOB_QUEUE, MAINTENANCE_QUEUE
+
+    stack.env["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"] = "1"
+    stack.start_ready_worker("worker", queues=[JOB_QUEUE], concurrency=1)
+    stack.start_ready_worker("sweeper", queues=[MAINTENANCE_QUEUE], concurrency=1)
+    stack.start_beat(tmp_path / "beat-schedule")
+    stack.start_daphne(free_tcp_port)
+    base = f"http://127.0.0.1:{free_tcp_port}"
+    shot = Shots("schedules")
+    context = chromium.new_context(base_url=base, viewport=WIDE, timezone_id="Europe/Paris")
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    try:
+        sign_in(page, user.username, "alice-password-123")
+        page.get_by_role("link", name="Schedules").click()
+        expect(page).to_have_url(f"{base}/schedules/")
+        expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live", timeout=15_000)
+        expect(page.get_by_test_id("schedules-empty")).to_be_visible()
+        form = page.get_by_test_id("schedule-form")
+        expect(page.get_by_test_id("job-type")).to_be_enabled()
+        # The time zone starts as the reader's; the preview follows the expression as it is typed.
+        expect(page.get_by_test_id("schedule-timezone")).to_have_value("Europe/Paris")
+        expect(page.get_by_test_id("schedule-preview")).to_contain_text(
+            "At 09:00, Monday through Friday, Europe/Paris"
+        )
+        page.get_by_test_id("schedule-cron").fill("0 25 * * *")
+        expect(form.locator('[data-error-for="cron"]')).to_contain_text("Not a valid cron expression")
+        expect(page.get_by_test_id("schedule-cron")).to_have_attribute("aria-invalid", "true")
+        shot(page, "cron-error")
+
+        page.get_by_test_id("schedule-name").fill("every five seconds")
+        page.get_by_test_id("param-seconds").fill("0.5")
+        page.get_by_test_id("param-steps").fill("1")
+        page.get_by_test_id("timing-interval").check()
+        page.get_by_test_id("schedule-interval").fill("5")
+        expect(page.get_by_test_id("schedule-preview")).to_contain_text("Every 5 seconds")
+        expect(page.get_by_test_id("schedule-preview").locator("li")).to_have_count(5)
+        expect(form.locator('[data-error-for="cron"]')).to_be_hidden()
+        page.get_by_test_id("create-schedule").click()
+        expect(page.get_by_test_id("form-status")).to_contain_text("Created")
+        row = page.get_by_test_id("schedule-row").filter(has_text="every five seconds")
+        expect(row.get_by_test_id("schedule-when")).to_have_text("Every 5 seconds")
+        expect(row.get_by_test_id("schedule-state")).to_have_text("Active")
+        page.evaluate("window.__sameDocument = true")
+
+        # The sweep fires its first slot; the job runs; the strip shows it, then its success.
+        run = row.get_by_test_id("strip-run").first
+        expect(run).to_be_visible(timeout=30_000)
+        expect(row.get_by_test_id("schedule-last")).to_have_text("Succeeded", timeout=30_000)
+        expect(run).to_have_attribute("data-status", "succeeded")
+        schedule = Schedule.objects.get(name="every five seconds")
+        first = schedule.jobs.order_by("created_at").first()
+        assert first is not None and first.scheduled_for is not None
+        assert run.get_attribute("href") == f"/jobs/{first.pk}/"
+        assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
+        assert_accessible(page, "schedules page")
+        shot(page, "fired-1280")
+
+        # Pause: the row says so, and no slot fires any more.
+        row.get_by_test_id("schedule-pause").click()
+        expect(row.get_by_test_id("schedule-state")).to_have_text("Paused")
+        expect(row.get_by_test_id("schedule-resume")).to_be_focused()
+        fired = schedule.jobs.count()
+        time.sleep(7)
+        assert Schedule.objects.get(pk=schedule.pk).jobs.count() == fired
+        page.set_viewport_size(NARROW)
+        page.wait_for_function(f"document.documentElement.scrollWidth <= {NARROW['width']}", timeout=5_000)
+        assert_accessible(page, "schedules page at 390 px")
+        shot(page, "paused-390")
+        assert not problems, problems
+    finally:
+        context.close()

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -14,16 +15,17 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from .. import polling, schedule_selectors, selectors
-from ..conf import SCHEDULES_SNAPSHOT_LIMIT
-from ..models import Schedule
+from .. import polling, recurrence, schedule_selectors, selectors
+from ..conf import SCHEDULE_NEXT_TIMES, SCHEDULES_SNAPSHOT_LIMIT
+from ..exceptions import JobValidationError
+from ..models import Schedule, ScheduleCatchup, ScheduleOverlap
 from ..realtime import sse
 from ..serializers import JobSerializer, ScheduleSerializer, schedules_representation
 from ..services import schedules
 from .errors import problems
 from .mixins import ThrottleBeforePermissionsMixin, request_user
 from .pagination import JobCursorPagination, SchedulePagination
-from .serializers import ScheduleWriteSerializer
+from .serializers import SchedulePreviewQuery, SchedulePreviewSerializer, ScheduleWriteSerializer
 
 
 class ScheduleViewSet(
@@ -150,6 +152,22 @@ class ScheduleViewSet(
         return Response(
             sse.schedules_stream_opening(schedules_representation(visible)), headers=sse.SSE_HEADERS
         )
+
+    @extend_schema(
+        parameters=[SchedulePreviewQuery],
+        responses={200: SchedulePreviewSerializer, **problems(400, 401, 429)},
+    )
+    @action(detail=False, methods=["get"], pagination_class=None)
+    def preview(self, request: Request) -> Response:
+        """When a schedule with this timing would fire: the expression in words and its next five
+        slots (the dashboard's form shows them before saving). Bad input is 400 naming the field."""
+        values = SchedulePreviewQuery.parse(request.query_params)
+        values.update(overlap=ScheduleOverlap.SKIP, catchup=ScheduleCatchup.LATEST)
+        errors = recurrence.recurrence_errors(values)
+        if errors:
+            raise JobValidationError(errors)
+        shown = recurrence.preview(values, now=timezone.now(), count=SCHEDULE_NEXT_TIMES)
+        return Response(SchedulePreviewSerializer(shown).data)
 
     @extend_schema(responses={200: JobSerializer(many=True), **problems(400, 401, 404, 429)})
     @action(detail=True, methods=["get"], pagination_class=JobCursorPagination)

@@ -356,3 +356,18 @@ class JobEventsParams(QueryParams):
     """The query string of `GET /api/jobs/{id}/events/`."""
 
     after = serializers.IntegerField(min_value=0, required=False, help_text="Only events with a larger seq.")
+
+
+class SchedulePreviewQuery(QueryParams):
+    """`GET /api/schedules/preview/`: a schedule's timing, to see when it would fire."""
+
+    cron = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
+    interval = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+    timezone = StrictCharField(max_length=64, required=False, default="UTC")
+    start_at = AwareDateTimeField(required=False, allow_null=True, default=None)
+    end_at = AwareDateTimeField(required=False, allow_null=True, default=None)
+
+
+class SchedulePreviewSerializer(serializers.Serializer):
+    description = serializers.CharField()
+    next_fire_times = serializers.ListField(child=serializers.DateTimeField())

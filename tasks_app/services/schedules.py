@@ -52,48 +52,11 @@ def database_now() -> datetime:
 # --- validation -------------------------------------------------------------------------------
 
 
-def _recurrence_errors(values: dict[str, Any]) -> Errors:
-    errors: Errors = {}
-    cron, interval = values.get("cron") or "", values.get("interval")
-    if bool(cron) == (interval is not None):
-        message = (
-            "Give either cron (5 fields) or interval (seconds), not both."
-            if cron
-            else "Give cron or interval."
-        )
-        errors["cron" if cron else "interval"] = [message]
-    elif cron:
-        try:
-            recurrence.check_cron(cron)
-        except recurrence.InvalidRecurrence as exc:
-            errors["cron"] = [str(exc)]
-    elif not isinstance(interval, int) or interval < app_settings.SWEEP_INTERVAL:
-        errors["interval"] = [
-            f"Whole seconds, at least the sweep interval ({app_settings.SWEEP_INTERVAL:g} s)."
-        ]
-    try:
-        recurrence.time_zone(values.get("timezone") or "")
-    except recurrence.InvalidRecurrence as exc:
-        errors["timezone"] = [str(exc)]
-    for name in ("start_at", "end_at"):
-        value = values.get(name)
-        if value is not None and timezone.is_naive(value):
-            errors[name] = ["Must include a time zone (for example 2030-01-01T09:00:00Z)."]
-    start, end = values.get("start_at"), values.get("end_at")
-    if start and end and "start_at" not in errors and "end_at" not in errors and end <= start:
-        errors["end_at"] = ["Must be after start_at."]
-    if values.get("overlap") not in ScheduleOverlap.values:
-        errors["overlap"] = [f"One of: {', '.join(ScheduleOverlap.values)}."]
-    if values.get("catchup") not in ScheduleCatchup.values:
-        errors["catchup"] = [f"One of: {', '.join(ScheduleCatchup.values)}."]
-    return errors
-
-
 def _validated(values: dict[str, Any]) -> dict[str, Any]:
     """Check a schedule's fields as a whole; JobValidationError names each field at fault.
     The type, params and job options are checked as a submission is, so a slot never fails
     validation unless the type changed since."""
-    errors = _recurrence_errors(values)
+    errors = recurrence.recurrence_errors(values)
     name = values.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         errors["name"] = ["1 to 200 characters."]

@@ -21,6 +21,7 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("jobs/<uuid:job_id>/", views.job_detail, name="job-page"),
     path("workers/", views.workers, name="workers-page"),
+    path("schedules/", views.schedules_page, name="schedules-page"),
     path("accounts/login/", views.LoginView.as_view(), name="login"),
     path("accounts/logout/", views.LogoutView.as_view(), name="logout"),
     path("healthz", health.healthz, name="healthz"),

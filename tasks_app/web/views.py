@@ -12,6 +12,7 @@ import json
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import available_timezones
 
 from django.conf import settings
 from django.contrib.auth import views as auth_views
@@ -23,11 +24,18 @@ from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from .. import metrics, registry, selectors, timeline
+from .. import metrics, registry, schedule_selectors, selectors, timeline
 from ..api.serializers import StatsSerializer
-from ..conf import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN, SNAPSHOT_LIMIT, WORKERS_REFRESH_SECONDS
-from ..models import Job, JobStatus
-from ..serializers import JobEventSerializer, JobSerializer
+from ..conf import (
+    DEFAULT_PRIORITY,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    SCHEDULES_SNAPSHOT_LIMIT,
+    SNAPSHOT_LIMIT,
+    WORKERS_REFRESH_SECONDS,
+)
+from ..models import Job, JobStatus, ScheduleCatchup, ScheduleOverlap
+from ..serializers import JobEventSerializer, JobSerializer, schedules_representation
 
 # The job page's Details card: (field, label, format, optional). Formats: "text", "time" (ISO
 # 8601, shown in the reader's time zone), "list" (comma-separated), "duration" (from started_at
@@ -216,6 +224,43 @@ def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
         "config": config,
     }
     return render(request, "tasks_app/job_detail.html", context)
+
+
+@login_required
+@ensure_csrf_cookie
+def schedules_page(request: HttpRequest) -> HttpResponse:
+    """Recurring jobs: each schedule with when it runs next, how its last runs went and Pause /
+    Resume / Run now, kept live over the WebSocket (scope "schedules"); and a form for a new one,
+    its params generated from the type's schema, with a preview of the next fire times."""
+    visible = list(schedule_selectors.schedule_list_visible(request.user)[:SCHEDULES_SNAPSHOT_LIMIT])
+    rows = schedules_representation(visible)
+    submit_types = [known.name for known in registry.all_job_types()]
+    config = {
+        "schedules": rows,
+        "username": request.user.get_username(),
+        "changesEvery": selectors.changes_every_job(request.user),
+        "urls": {
+            **_api_urls(),
+            "schedules": reverse("api:schedule-list"),
+            "preview": reverse("api:schedule-preview"),
+        },
+    }
+    context = {
+        "rows": rows,
+        "is_staff": selectors.sees_every_job(request.user),
+        "submit_types": submit_types,
+        "default_type": registry.first_registered(),
+        "time_zones": sorted(available_timezones()),
+        "overlaps": ScheduleOverlap.choices,
+        "catchups": ScheduleCatchup.choices,
+        "limits": {
+            "priority_min": PRIORITY_MIN,
+            "priority_max": PRIORITY_MAX,
+            "default_priority": DEFAULT_PRIORITY,
+        },
+        "config": config,
+    }
+    return render(request, "tasks_app/schedules.html", context)
 
 
 class LoginView(auth_views.LoginView):

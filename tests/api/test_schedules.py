@@ -145,3 +145,15 @@ def test_the_schema_lists_the_schedule_endpoints(api):
         "/api/schedules/{id}/jobs/",
     ):
         assert path in paths, sorted(paths)
+
+
+def test_preview_shows_when_a_timing_would_fire_without_saving(api):
+    answer = api.get("/api/schedules/preview/", {"cron": "30 2 * * *", "timezone": "Europe/Paris"})
+    assert answer.status_code == 200, answer.content
+    body = answer.json()
+    assert body["description"] == "At 02:30, Europe/Paris" and len(body["next_fire_times"]) == 5
+    problem = assert_problem(
+        api.get("/api/schedules/preview/", {"cron": "30 2 * *", "timezone": "Mars"}), 400
+    )
+    assert {error["field"] for error in problem["errors"]} == {"cron", "timezone"}
+    assert not Schedule.objects.exists()

@@ -11,6 +11,7 @@ import uuid
 from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from django.conf import settings
@@ -357,7 +358,7 @@ def test_job_page_route_takes_only_uuids(browser):
 def test_static_files_the_pages_reference_exist(browser, user):
     job = make_job(user)
     referenced: set[str] = set()
-    for path in ["/", f"/jobs/{job.pk}/", "/accounts/login/"]:
+    for path in ["/", f"/jobs/{job.pk}/", "/schedules/", "/accounts/login/"]:
         client = browser if path != "/accounts/login/" else Client()
         parser = Assets()
         parser.feed(client.get(path).content.decode())
@@ -432,3 +433,36 @@ def test_the_workers_page_is_for_staff_who_see_every_job(browser, staff_browser,
         html = response.content.decode()
         assert 'data-worker="jobs@host-a"' in html and "4242" in html
         assert page_config(response, "workers-config")["urls"]["workers"] == "/api/workers/"
+
+
+# --- schedules page ---------------------------------------------------------------------------
+
+
+def test_schedules_page_lists_mine_with_the_form_and_its_live_config(browser, user, other_user):
+    from tasks_app.services import schedules
+
+    with mock.patch("tasks_app.realtime.publish.publish_schedule_message"):
+        schedules.schedule_create(owner=user, name="weekday report", type="sleep", cron="0 9 * * 1-5")
+        schedules.schedule_create(owner=other_user, name="theirs", type="sleep", cron="0 9 * * *")
+    response = browser.get("/schedules/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "weekday report" in html and "At 09:00, Monday through Friday, UTC" in html
+    assert "theirs" not in html.split('id="schedules-config"')[0]
+    for testid in (
+        "schedule-form",
+        "schedule-cron",
+        "schedule-timezone",
+        "schedule-preview",
+        "create-schedule",
+    ):
+        assert f'data-testid="{testid}"' in html, testid
+    config = page_config(response, "schedules-config")
+    assert [s["name"] for s in config["schedules"]] == ["weekday report"]
+    assert config["urls"]["preview"] == "/api/schedules/preview/" and config["changesEvery"] is False
+    assert '<option value="Europe/Paris">' in html
+
+
+def test_schedules_page_needs_a_login():
+    response = Client().get("/schedules/")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")

@@ -20,13 +20,15 @@ function humanize(name) {
 export class JobForm {
   /**
    * @param {HTMLFormElement} form  the form (see templates/tasks_app/dashboard.html)
-   * @param {{typesUrl: string, jobsUrl: string, onCreated?: (job: object) => void}} options
+   * @param {{typesUrl: string, jobsUrl: string, onCreated?: (job: object) => void, doneText?: string}} options
+   *   jobsUrl is where the body is POSTed; a subclass may add fields to `collect()` (the schedule form).
    */
-  constructor(form, { typesUrl, jobsUrl, onCreated = () => {} }) {
+  constructor(form, { typesUrl, jobsUrl, onCreated = () => {}, doneText = "Submitted" }) {
     this.form = form;
     this.typesUrl = typesUrl;
     this.jobsUrl = jobsUrl;
     this.onCreated = onCreated;
+    this.doneText = doneText;
     this.types = new Map();
     this.body = form.querySelector("[data-form-body]");
     this.typeSelect = form.querySelector("select[name=type]");
@@ -193,8 +195,8 @@ export class JobForm {
     if (result && result.ok && result.data && result.data.id) {
       const job = result.data;
       this.setStatus("", true);
-      this.status.append("Submitted ", h("a", { href: this.onCreated(job) || "#", "data-testid": "submitted-link" },
-        h("code", {}, job.id.slice(0, 8))), ".");
+      this.status.append(`${this.doneText} `, h("a", { href: this.onCreated(job) || "#", "data-testid": "submitted-link" },
+        h("code", {}, job.name || job.id.slice(0, 8))), ".");
       return;
     }
     this.setStatus("");

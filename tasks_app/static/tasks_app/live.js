@@ -12,10 +12,14 @@
  *                                       // `entry` the change recorded), null for a resync
  *     onSnapshot(jobs, spec) {},        // after each (re)subscribe: the current jobs for `spec`
  *                                       // (newest first, at most 50); resync the page from them
+ *     onSchedules(schedules) {},        // after each (re)subscribe to { scope: "schedules" }: all of them
+ *     onSchedule(schedule, event) {},   // a schedule changed or fired; event is "created" | "updated" |
+ *                                       // "paused" | "resumed" | "fired" | "deleted"
  *     onState(state) {},                // "connecting" | "live" | "reconnecting" | "offline"
  *     onError(message) {},              // {type: "error", code, message} from the server
  *   });
- *   stream.subscribe({ scope: "mine" });  // or { scope: "all" } (staff), or { job: "<uuid>" }
+ *   stream.subscribe({ scope: "mine" });  // or { scope: "all" } (staff), { job: "<uuid>" }, or
+ *                                         // { scope: "schedules" } (mine, or all for staff)
  *   stream.connect();
  *   stream.unsubscribe({ scope: "mine" });
  *   stream.close();                       // for good: no reconnect
@@ -29,7 +33,8 @@
  * - client -> server: {"action": "subscribe" | "unsubscribe", "job": id} or {..., "scope": "mine" | "all"};
  * - server -> client: {"type": "snapshot", "jobs": [...]} after each subscribe, then
  *   {"type": "job", "event": ..., "version": n, "job": <REST representation>}, and
- *   {"type": "error", "code", "message"}.
+ *   {"type": "error", "code", "message"}; for schedules {"type": "snapshot", "scope": "schedules",
+ *   "schedules": [...]} then {"type": "schedule", "event": ..., "schedule": {...}}.
  * - Delivery is at-most-once. The stream keeps the last version of each job, drops a message
  *   whose version is not newer, and when a version skips (known v, message v+2 or more) it
  *   re-reads the job with GET /api/jobs/{id}/ (its `links.self`).
@@ -54,6 +59,8 @@ export class JobStream {
     url = "/ws/jobs/",
     onJob = () => {},
     onSnapshot = () => {},
+    onSchedules = () => {},
+    onSchedule = () => {},
     onState = () => {},
     onError = () => {},
     jobUrl = DEFAULT_JOB_URL,
@@ -63,6 +70,8 @@ export class JobStream {
     this.url = url;
     this.onJob = onJob;
     this.onSnapshot = onSnapshot;
+    this.onSchedules = onSchedules;
+    this.onSchedule = onSchedule;
     this.onState = onState;
     this.onError = onError;
     this.jobUrl = jobUrl;
@@ -247,6 +256,7 @@ export class JobStream {
     try {
       if (message.type === "snapshot") this._snapshot(message);
       else if (message.type === "job") this._job(message);
+      else if (message.type === "schedule" && message.schedule) this.onSchedule(message.schedule, message.event);
       else if (message.type === "error") this.onError(message);
     } catch (error) {
       console.error(error); // a page's handler failed; keep the stream going
@@ -265,6 +275,10 @@ export class JobStream {
       spec = this._pending.shift() || null;
     }
     if (spec && !this._subs.has(specKey(spec))) return; // unsubscribed meanwhile
+    if (message.scope === "schedules") {
+      this.onSchedules(Array.isArray(message.schedules) ? message.schedules : []);
+      return;
+    }
     const jobs = Array.isArray(message.jobs) ? message.jobs : [];
     for (const job of jobs) this.note(job);
     this.onSnapshot(jobs, spec);
