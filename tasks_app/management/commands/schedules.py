@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import uuid
 from datetime import datetime
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from tasks_app import recurrence, schedule_selectors
 from tasks_app.exceptions import JobStateError, JobValidationError
+from tasks_app.management.cli import acting_user
 from tasks_app.models import Schedule, ScheduleCatchup, ScheduleOverlap
 from tasks_app.serializers import job_representation, schedules_representation
 from tasks_app.services import schedules
@@ -163,17 +162,7 @@ class Command(BaseCommand):
     # --- helpers ------------------------------------------------------------------------------
 
     def user(self, username: str | None) -> Any:
-        User = get_user_model()
-        username = username or os.environ.get("LONGRUN_CLI_USER")
-        if username:
-            try:
-                return User.objects.get_by_natural_key(username)
-            except User.DoesNotExist:
-                raise CommandError(f"No user named {username!r}.") from None
-        first = User.objects.filter(is_superuser=True, is_active=True).order_by("pk").first()
-        if first is None:
-            raise CommandError("No superuser to act as: pass --user or create one (manage.py ensureadmin).")
-        return first
+        return acting_user(username)
 
     def find(self, user: Any, reference: str) -> Schedule:
         """The schedule with this id, else with this name: the user's own first (names are unique
