@@ -379,3 +379,100 @@ def test_the_job_admin_follows_jobs_live_as_a_reload_shows_them(
         assert problems == []
     finally:
         context.close()
+
+
+# --- schedules -------------------------------------------------------------------------------------
+
+SCHEDULES = "/admin/tasks_app/schedule/"
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_staff_pause_a_schedule_from_the_admin_list_and_read_its_jobs(
+    chromium, stack, free_tcp_port, staff_user, user
+):
+    """An operator (view_job and change_job) opens the schedule list: each schedule in words, its
+    last run and strip of outcomes; pauses one with the action (the row says so, the message counts
+    it); opens it and sees its jobs, newest first, each a link to the job's page. axe-core finds
+    nothing serious on the list or the page; screenshots at 1280 and 390 px."""
+    from playwright.sync_api import expect
+
+    from tasks_app.services import schedules
+    from tests.helpers import failed_job, succeeded_job
+
+    report = schedules.schedule_create(
+        owner=user,
+        name="weekday report",
+        type="sleep",
+        params={"seconds": 1},
+        cron="0 9 * * 1-5",
+        timezone="Europe/Paris",
+    )
+    schedules.schedule_create(owner=user, name="hourly sync", type="sleep", params={}, interval=3600)
+    now = timezone.now()
+    made = [succeeded_job, failed_job, succeeded_job]
+    jobs = [
+        make(user, schedule=report, scheduled_for=now - timedelta(days=3 - n)) for n, make in enumerate(made)
+    ]
+
+    stack.start_daphne(free_tcp_port)
+    base = f"http://127.0.0.1:{free_tcp_port}"
+    shot = Shots("admin-schedules")
+    problems: list[str] = []
+    context = chromium.new_context(base_url=base, viewport=WIDE)
+    page = context.new_page()
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    try:
+        sign_in(page, "carol", "carol-password-123", next_url=SCHEDULES)
+        expect(page).to_have_url(f"{base}{SCHEDULES}")
+        row = page.locator("#result_list tbody tr", has_text="weekday report")
+        expect(row.locator("td.field-in_words")).to_have_text("At 09:00, Monday through Friday, Europe/Paris")
+        expect(row.locator("td.field-state")).to_have_text("Enabled")
+        squares = row.locator("a.lr-outcome")
+        expect(squares).to_have_count(3)
+        expect(squares.first).to_have_attribute("href", f"/admin/tasks_app/job/{jobs[0].pk}/change/")
+        expect(squares.nth(1)).to_have_attribute("title", re.compile(r"^Failed · slot "))
+        expect(row.locator("td.field-last_run .lr-badge")).to_have_text("Succeeded")
+        expect(row.locator("td.field-in_words")).to_have_attribute("data-label", "When")
+        assert_accessible(page, "schedule list")
+        shot(page, "list-1280")
+        page.set_viewport_size(NARROW)
+        assert page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+        shot(page, "list-390")
+        page.set_viewport_size(WIDE)
+
+        # --- pause it with the action --------------------------------------------------------
+        row.locator("input.action-select").check()
+        page.locator('select[name="action"]').select_option("pause_selected")
+        page.get_by_role("button", name="Go").click()
+        expect(page.locator(".messagelist")).to_contain_text("Paused 1 schedule.")
+        expect(row.locator("td.field-state")).to_have_text("Paused")
+        expect(row.locator("td.field-next_run")).to_have_text("—")
+        report.refresh_from_db()
+        assert (report.enabled, report.next_fire_at) == (False, None)
+        assert page.locator("#result_list tbody tr", has_text="hourly sync").locator(
+            "td.field-state"
+        ).inner_text() == ("Enabled")
+
+        # --- its page: the fields, the words, and its jobs inline, newest first -------------------
+        row.get_by_role("link", name="weekday report").click()
+        expect(page).to_have_url(f"{base}{SCHEDULES}{report.pk}/change/")
+        inline = page.locator("#jobs-group")
+        expect(inline).to_contain_text("Jobs (the newest 20)")
+        links = inline.locator('a[href^="/admin/tasks_app/job/"]')
+        expect(links).to_have_count(3)
+        expect(links.first).to_have_attribute("href", f"/admin/tasks_app/job/{jobs[-1].pk}/change/")
+        expect(inline.locator(".lr-badge")).to_have_text(["Succeeded", "Failed", "Succeeded"])
+        expect(page.locator(".field-upcoming")).to_contain_text("None while it is not enabled.")
+        expect(page.locator("#id_enabled")).not_to_be_checked()
+        assert_accessible(page, "schedule page")
+        shot(page, "page-1280")
+        page.set_viewport_size(NARROW)
+        shot(page, "page-390")
+        page.set_viewport_size(WIDE)
+        links.first.click()
+        expect(page).to_have_url(f"{base}/admin/tasks_app/job/{jobs[-1].pk}/change/")
+        assert problems == []
+    finally:
+        context.close()

@@ -7,7 +7,7 @@ COUNT(*) per page, filters that match the indexes, the owner joined in the same 
 
 from django.contrib import admin
 
-from . import jobs, webhooks, workers  # noqa: F401 (each registers its models)
+from . import jobs, schedules, webhooks, workers  # noqa: F401 (each registers its models)
 from .cells import EMPTY
 
 # The admin is Longrun's operations console: it says so (templates/admin/base_site.html adds the icon).
