@@ -49,8 +49,6 @@ WHEN_FIELDS = tuple("cron interval timezone in_words upcoming start_at end_at ov
 FIRING_FIELDS = tuple("next_run last_fired last_skipped created updated version".split())
 # Shown, never entered: the owner is whoever adds it (as in the API), the rest the services keep.
 ALWAYS_READ_ONLY = ("owner", "state", "managed", "in_words", "upcoming", *FIRING_FIELDS)
-# Where the services' reasons wait for the second pass of a refused save (changeform_view).
-REFUSAL_ATTRIBUTE = "_schedule_refusal"
 
 
 def job_url(job_id: Any) -> str:
@@ -102,10 +100,11 @@ def form_values(form: forms.ModelForm, names: Iterable[str]) -> dict[str, Any]:
 
 
 class ScheduleForm(forms.ModelForm):
-    """The schedule's fields. The services judge them as a whole when ScheduleAdmin saves; their
-    reasons come back beside the fields on a second pass (`refusal`, see changeform_view)."""
+    """The schedule's fields, checked as a whole by the services (`schedules.schedule_check`) in
+    `clean`, so their reasons show beside the fields before anything is saved. `owner` is set by
+    ScheduleAdmin.get_form: whoever adds the schedule, or the schedule's owner."""
 
-    refusal: ClassVar[Errors] = {}
+    owner: ClassVar[Any] = None
     # A URL typed without its scheme is https (Django 6's default, without its warning).
     callback_url = forms.URLField(
         label="Callback URL", required=False, max_length=2000, assume_scheme="https"
@@ -145,13 +144,25 @@ class ScheduleForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        for path, reasons in self.refusal.items():
-            field, _, detail = path.partition(".")  # "params.seconds": under params, "seconds: ..."
-            for reason in reasons:
-                if field in self.fields:
-                    self.add_error(field, f"{detail}: {reason}" if detail else reason)
-                else:
-                    self.add_error(None, f"{path}: {reason}")
+        if self.errors:
+            return cleaned  # a box that is not a value (bad JSON): that error first
+        entered = [name for name in schedules.EDITABLE_FIELDS if name in cleaned]
+        if self.instance.pk:
+            entered = [name for name in entered if name in self.changed_data]
+        try:
+            schedules.schedule_check(
+                owner=self.owner,
+                schedule=self.instance if self.instance.pk else None,
+                **form_values(self, entered),
+            )
+        except JobValidationError as refused:
+            for path, reasons in refused.errors.items():
+                field, _, detail = path.partition(".")  # "params.seconds": under params, "seconds: ..."
+                for reason in reasons:
+                    if field in self.fields:
+                        self.add_error(field, f"{detail}: {reason}" if detail else reason)
+                    else:
+                        self.add_error(None, f"{path}: {reason}")
         return cleaned
 
 
@@ -397,8 +408,8 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         form = super().get_form(request, obj, change, **kwargs)
-        refusal = getattr(request, REFUSAL_ATTRIBUTE, None)
-        return type(form.__name__, (form,), {"refusal": refusal}) if refusal else form
+        owner = obj.owner if obj is not None else request.user
+        return type(form.__name__, (form,), {"owner": owner})
 
     def changeform_view(
         self,
@@ -411,17 +422,11 @@ class ScheduleAdmin(admin.ModelAdmin):
         if schedule is not None and schedule.managed:
             # The services refuse it: it goes when its declaration does.
             extra_context = {**(extra_context or {}), "show_delete": False}
-        try:
-            return super().changeform_view(request, object_id, form_url, extra_context)
-        except JobValidationError as refused:
-            # Nothing was written (the admin's transaction rolled back). The same form again,
-            # with the services' reasons beside its fields.
-            setattr(request, REFUSAL_ATTRIBUTE, refused.errors)
-            return super().changeform_view(request, object_id, form_url, extra_context)
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request: HttpRequest, obj: Schedule, form: forms.ModelForm, change: bool) -> None:
         """Through the services, as the API saves: create, or update what changed, then pause or
-        resume if `enabled` changed. A refusal (JobValidationError) leaves by changeform_view."""
+        resume if `enabled` changed. The form's `clean` has asked the services first."""
         entered = [name for name in schedules.EDITABLE_FIELDS if name in form.cleaned_data]
         saved = obj
         if not change:

@@ -98,15 +98,32 @@ def _name_taken(owner: User, name: str, *, other_than: Any = None) -> bool:
 # --- one function per change ------------------------------------------------------------------
 
 
-def schedule_create(*, owner: User, managed: bool = False, **fields: Any) -> Schedule:
-    """A new schedule, enabled, its first slot computed. JobValidationError for bad input (a
-    name the owner already uses included)."""
+def schedule_check(
+    *, owner: User, schedule: Schedule | None = None, from_code: bool = False, **fields: Any
+) -> dict[str, Any]:
+    """The fields of a new schedule of `owner` (or of `schedule` after the change) as they would
+    be saved, checked as a whole; JobValidationError naming each field at fault (a name the
+    owner already uses, and an operator's change to a schedule declared in code, included).
+    Writes nothing: the create and update below, and a form that wants its errors first, ask it."""
     unknown = set(fields) - set(EDITABLE_FIELDS)
     if unknown:
         raise JobValidationError({name: ["Unknown field."] for name in sorted(unknown)})
-    values = _validated({**_defaults(), **fields})
-    if _name_taken(owner, values["name"]):
+    if schedule is not None and schedule.managed and not from_code:
+        changed = sorted(name for name, value in fields.items() if getattr(schedule, name) != value)
+        if changed:
+            reason = f"Declared in code by job type {schedule.type!r}; change it there. Only pause and resume are yours."
+            raise JobValidationError({name: [reason] for name in changed})
+    current = _defaults() if schedule is None else {name: getattr(schedule, name) for name in EDITABLE_FIELDS}
+    values = _validated({**current, **fields})
+    if _name_taken(owner, values["name"], other_than=schedule.pk if schedule is not None else None):
         raise JobValidationError({"name": ["You already have a schedule with this name."]})
+    return values
+
+
+def schedule_create(*, owner: User, managed: bool = False, **fields: Any) -> Schedule:
+    """A new schedule, enabled, its first slot computed. JobValidationError for bad input (a
+    name the owner already uses included)."""
+    values = schedule_check(owner=owner, **fields)
     schedule = Schedule(owner=owner, managed=managed, **values)
     schedule.created_at = database_now()
     schedule.next_fire_at = recurrence.first_slot(schedule, schedule.created_at)
@@ -126,24 +143,8 @@ def schedule_update(
     """Change a schedule's fields (any of EDITABLE_FIELDS); its next slot is worked out again
     from now. A managed schedule's fields are changed by code alone (`from_code`): an operator
     is refused, naming the fields, and told where to change them."""
-    schedule = Schedule.objects.get(pk=schedule_id)
-    unknown = set(fields) - set(EDITABLE_FIELDS)
-    if unknown:
-        raise JobValidationError({name: ["Unknown field."] for name in sorted(unknown)})
-    if schedule.managed and not from_code:
-        changed = sorted(name for name, value in fields.items() if getattr(schedule, name) != value)
-        if changed:
-            raise JobValidationError(
-                {
-                    name: [
-                        f"Declared in code by job type {schedule.type!r}; change it there. Only pause and resume are yours."
-                    ]
-                    for name in changed
-                }
-            )
-    values = _validated({**{name: getattr(schedule, name) for name in EDITABLE_FIELDS}, **fields})
-    if _name_taken(schedule.owner, values["name"], other_than=schedule.pk):
-        raise JobValidationError({"name": ["You already have a schedule with this name."]})
+    schedule = Schedule.objects.select_related("owner").get(pk=schedule_id)
+    values = schedule_check(owner=schedule.owner, schedule=schedule, from_code=from_code, **fields)
     for name, value in values.items():
         setattr(schedule, name, value)
     now = database_now()
