@@ -146,15 +146,12 @@ class ScheduleForm(forms.ModelForm):
         cleaned = super().clean() or {}
         if self.errors:
             return cleaned  # a box that is not a value (bad JSON): that error first
-        entered = [name for name in schedules.EDITABLE_FIELDS if name in cleaned]
-        if self.instance.pk:
-            entered = [name for name in entered if name in self.changed_data]
+        schedule = self.instance if self.instance.pk else None  # as saved: _post_clean comes next
+        entered = [
+            n for n in schedules.EDITABLE_FIELDS if n in cleaned and (not schedule or n in self.changed_data)
+        ]
         try:
-            schedules.schedule_check(
-                owner=self.owner,
-                schedule=self.instance if self.instance.pk else None,
-                **form_values(self, entered),
-            )
+            schedules.schedule_check(owner=self.owner, schedule=schedule, **form_values(self, entered))
         except JobValidationError as refused:
             for path, reasons in refused.errors.items():
                 field, _, detail = path.partition(".")  # "params.seconds": under params, "seconds: ..."
