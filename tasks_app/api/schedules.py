@@ -25,7 +25,12 @@ from ..services import schedules
 from .errors import problems
 from .mixins import ThrottleBeforePermissionsMixin, request_user
 from .pagination import JobCursorPagination, SchedulePagination
-from .serializers import SchedulePreviewQuery, SchedulePreviewSerializer, ScheduleWriteSerializer
+from .serializers import (
+    EventStreamFrameSerializer,
+    SchedulePreviewQuery,
+    SchedulePreviewSerializer,
+    ScheduleWriteSerializer,
+)
 
 
 class ScheduleViewSet(
@@ -129,7 +134,7 @@ class ScheduleViewSet(
         operation_id="schedules_stream",
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                str,
+                EventStreamFrameSerializer,
                 description=f"Server-Sent Events for the schedules I see: first `event: snapshot` with up to "
                 f"{SCHEDULES_SNAPSHOT_LIMIT} of them (`{{type, scope, schedules}}`), then `event: schedule` "
                 "frames `{type, event, schedule}` for every change and firing (`created`, `updated`, `paused`, "

@@ -371,3 +371,13 @@ class SchedulePreviewQuery(QueryParams):
 class SchedulePreviewSerializer(serializers.Serializer):
     description = serializers.CharField()
     next_fire_times = serializers.ListField(child=serializers.DateTimeField())
+
+
+class EventStreamFrameSerializer(serializers.Serializer):
+    """One Server-Sent Events frame as a client's parser gives it: `data` is JSON text."""
+
+    event = serializers.CharField(required=False, help_text="job, history, snapshot or schedule.")
+    # A field named like Serializer.data: DRF takes declared fields off the class, so no clash.
+    data = serializers.CharField(help_text="The message, as JSON text.")  # type: ignore[assignment]
+    id = serializers.CharField(required=False, help_text="What to send back as Last-Event-ID.")
+    retry = serializers.IntegerField(required=False, help_text="Milliseconds to wait before reconnecting.")

@@ -29,6 +29,7 @@ from .idempotency import IDEMPOTENCY_KEY_PATTERN, request_fingerprint
 from .mixins import ThrottleBeforePermissionsMixin, request_user
 from .pagination import JobCursorPagination
 from .serializers import (
+    EventStreamFrameSerializer,
     JobBulkCancelResultSerializer,
     JobBulkCancelSerializer,
     JobBulkCreatedSerializer,
@@ -163,7 +164,7 @@ class JobViewSet(
         ],
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                str,
+                EventStreamFrameSerializer,
                 description="Server-Sent Events. `event: job` frames carry `{event, version, job, entry?}` "
                 "with `id:` the job's version; `event: history` frames replay missed history entries. Through "
                 "Daphne the stream stays open with live updates and heartbeats and closes once the job has ended; "
@@ -196,7 +197,7 @@ class JobViewSet(
         operation_id="jobs_stream_all",
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                str,
+                EventStreamFrameSerializer,
                 description=f"Server-Sent Events for all my jobs: first the {SNAPSHOT_LIMIT} most recent "
                 "(`event: job`, `event` = `snapshot`), then every change, with `id:` `<job id>:<version>`. After a "
                 "reconnect the snapshot comes again; compare versions.",
