@@ -213,6 +213,7 @@ def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
         "job_id_short": str(job.pk)[:8],
         "created": job.created_at,
         "queue": registry.queue_of(job.type),
+        "schedule_name": job.schedule.name if job.schedule_id and job.schedule else "",
         "can_change": selectors.may_change_job(request.user, job),
         "wait_reason": selectors.job_wait_reason(job),
         "fields": fields,

@@ -466,3 +466,29 @@ def test_schedules_page_lists_mine_with_the_form_and_its_live_config(browser, us
 def test_schedules_page_needs_a_login():
     response = Client().get("/schedules/")
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def test_a_scheduled_job_page_names_its_schedule_and_slot(browser, user):
+    from tasks_app.models import Schedule
+    from tasks_app.services import schedules
+
+    with (
+        mock.patch("tasks_app.realtime.publish.publish_schedule_message"),
+        mock.patch.object(dispatch.run_job, "apply_async"),
+    ):
+        schedule = schedules.schedule_create(
+            owner=user, name="nightly <report>", type="sleep", cron="0 3 * * *"
+        )
+        Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=schedules.database_now())
+        schedules.schedules_fire_due()
+    job = Job.objects.get(schedule=schedule)
+    summary = (
+        browser.get(f"/jobs/{job.pk}/")
+        .content.decode()
+        .split('data-testid="job-summary"')[1]
+        .split("</p>")[0]
+    )
+    assert (
+        f'href="/schedules/#schedule-{schedule.pk}" data-testid="job-schedule">nightly &lt;report&gt;</a>' in summary
+    )
+    assert ", slot <time" in summary

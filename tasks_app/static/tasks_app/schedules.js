@@ -61,7 +61,7 @@ function row(schedule) {
     ? [schedule.enabled ? actionButton(schedule, "pause", "Pause") : actionButton(schedule, "resume", "Resume"),
       actionButton(schedule, "run", "Run now")]
     : [h("span", { class: "muted small" }, "View only")];
-  return h("tr", { dataset: { scheduleId: schedule.id, version: schedule.version, testid: "schedule-row" } },
+  return h("tr", { id: `schedule-${schedule.id}`, dataset: { scheduleId: schedule.id, version: schedule.version, testid: "schedule-row" } },
     h("td", { "data-label": "Schedule" },
       h("strong", {}, schedule.name),
       h("div", { class: "muted small" }, schedule.type, schedule.managed ? " · declared in code" : "",
@@ -243,7 +243,7 @@ const form = new ScheduleForm(document.querySelector("[data-schedule-form]"), {
   onCreated(schedule) {
     put(schedule);
     render();
-    return `#${schedule.id}`;
+    return `#schedule-${schedule.id}`;
   },
 });
 form.load();
