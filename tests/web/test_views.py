@@ -489,6 +489,7 @@ def test_a_scheduled_job_page_names_its_schedule_and_slot(browser, user):
         .split("</p>")[0]
     )
     assert (
-        f'href="/schedules/#schedule-{schedule.pk}" data-testid="job-schedule">nightly &lt;report&gt;</a>' in summary
+        f'href="/schedules/#schedule-{schedule.pk}" data-testid="job-schedule">nightly &lt;report&gt;</a>'
+        in summary
     )
     assert ", slot <time" in summary
