@@ -442,3 +442,14 @@ def test_deleting_a_schedule_keeps_its_jobs(root_client, user):
     assert "delete_selected" not in dict(
         root_client.get(CHANGELIST).context["action_form"].fields["action"].choices
     )
+
+
+def test_a_scheduled_jobs_admin_page_links_its_schedule_and_shows_its_slot(root_client, user):
+    schedule = schedules.schedule_create(owner=user, name="nightly", type="sleep", cron="0 3 * * *")
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=schedules.database_now())
+    schedules.schedules_fire_due()
+    job = Job.objects.get(schedule=schedule)
+    html = root_client.get(f"/admin/tasks_app/job/{job.pk}/change/").content.decode()
+    assert f'<a href="/admin/tasks_app/schedule/{schedule.pk}/change/">nightly</a>' in html
+    slot_field = html.split("field-slot")[1].split("</div>")[0]
+    assert f'datetime="{iso(job.scheduled_for)}"' in slot_field

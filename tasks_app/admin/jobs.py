@@ -13,7 +13,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
-from django.urls import URLPattern, path
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
@@ -139,6 +139,8 @@ class JobAdmin(admin.ModelAdmin):
                     "timeout",
                     "due",
                     "callback_url",
+                    "made_by_schedule",
+                    "slot",
                 ]
             },
         ),
@@ -273,6 +275,17 @@ class JobAdmin(admin.ModelAdmin):
     @admin.display(description="Version")
     def version_number(self, job: Job) -> str:
         return cells.text_value(job, "version")
+
+    @admin.display(description="Schedule")
+    def made_by_schedule(self, job: Job) -> Any:
+        if job.schedule_id is None or job.schedule is None:
+            return cells.EMPTY
+        url = reverse("admin:tasks_app_schedule_change", args=[job.schedule_id])
+        return format_html('<a href="{}">{}</a>', url, job.schedule.name)
+
+    @admin.display(description="Slot")
+    def slot(self, job: Job) -> Any:
+        return cells.time_tag(job.scheduled_for)
 
     @admin.display(description="Params")
     def params_pretty(self, job: Job) -> str:
