@@ -277,6 +277,15 @@ def _fire(schedule_id: Any, now: datetime) -> int:
         _set_enabled(schedule.pk, False, reason=problem)
         return 0
     slots, next_slot = _slots_to_fire(schedule, now)
+    try:
+        return _fire_slots(schedule, slots, next_slot, now)
+    except JobValidationError as refused:  # an option no longer passes (a callback URL, a limit)
+        _set_enabled(schedule.pk, False, reason=f"Its job is not valid any more: {_reasons(refused.errors)}")
+        return 0
+
+
+def _fire_slots(schedule: Schedule, slots: list[datetime], next_slot: datetime | None, now: datetime) -> int:
+    """Move the schedule on and create its slots' jobs, in one transaction, if this sweeper wins."""
     created = 0
     with transaction.atomic():
         # The winner among sweepers: the one whose UPDATE still finds the slot it read.

@@ -362,3 +362,18 @@ def test_cancel_previous_cancels_a_queued_job_at_once(user):
     queued.refresh_from_db()
     assert queued.status == JobStatus.CANCELLED
     assert queued.events.filter(message__startswith="Cancelled").exists()
+
+
+@pytest.mark.django_db
+def test_a_job_option_that_no_longer_passes_disables_the_schedule_and_fires_nothing(user, settings):
+    schedule = due(make(user, timeout=3600))
+    settings.LONGRUN = {**settings.LONGRUN, "MAX_TIMEOUT": 60}  # the limit was lowered since
+    assert schedules.schedules_fire_due() == 0
+    schedule.refresh_from_db()
+    assert not schedule.enabled and schedule.next_fire_at is None
+    assert (
+        schedule.disabled_reason
+        == "Its job is not valid any more: timeout: Must be between 1 and 60 seconds."
+    )
+    assert jobs_of(schedule) == []
+    assert schedules.schedules_fire_due() == 0  # and the sweep does not keep trying

@@ -24,6 +24,7 @@ function mayChange(schedule) {
 // --- the table --------------------------------------------------------------------------------
 
 function stateOf(schedule) {
+  if (schedule.enabled && !schedule.next_fire_at) return { status: "cancelled", label: "Ended", note: "Past its end_at: no slot is left." };
   if (schedule.enabled) return { status: "succeeded", label: "Active" };
   return schedule.disabled_reason
     ? { status: "failed", label: "Disabled", note: schedule.disabled_reason }
