@@ -75,7 +75,7 @@ function row(schedule) {
       strip(schedule)),
     h("td", { "data-label": "State" },
       h("span", { class: "badge", dataset: { status: state.status, testid: "schedule-state" } }, state.label),
-      state.note ? h("div", { class: "row-error" }, state.note) : null),
+      state.note ? h("div", { class: state.status === "failed" ? "row-error" : "muted small" }, state.note) : null),
     h("td", { "data-label": "Actions", class: "row-actions" }, ...actions),
   );
 }
