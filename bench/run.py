@@ -26,6 +26,7 @@ import bench_fanout  # noqa: E402
 import bench_history  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_progress  # noqa: E402
+import bench_schedules  # noqa: E402
 import bench_throughput  # noqa: E402
 from harness import Table, environment  # noqa: E402
 
@@ -35,6 +36,7 @@ BENCHMARKS = {
     "fanout": bench_fanout.run,
     "api": bench_api.run,
     "progress": bench_progress.run,
+    "schedules": bench_schedules.run,
     "history": bench_history.run,  # last: it loads a million rows
 }
 

@@ -93,6 +93,12 @@ class Job(models.Model):
             models.Index(
                 fields=["lease_expires_at"], name="job_running_lease_idx", condition=Q(status="running")
             ),
+            # A schedule's newest jobs (its strip of outcomes), only for jobs a schedule made.
+            models.Index(
+                fields=["schedule", "-created_at"],
+                name="job_schedule_created_idx",
+                condition=Q(schedule__isnull=False),
+            ),
             # Jobs finished in the last hour (the stats' chart), without reading the rest.
             models.Index(
                 fields=["finished_at"], name="job_finished_idx", condition=Q(finished_at__isnull=False)

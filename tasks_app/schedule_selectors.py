@@ -27,15 +27,21 @@ def schedule_list_visible(user: Viewer) -> QuerySet[Schedule]:
 def schedule_recent_jobs(
     schedule_ids: Sequence[Any], *, limit: int = SCHEDULE_RECENT_JOBS
 ) -> dict[Any, list[dict[str, Any]]]:
-    """The last `limit` jobs of each schedule, newest first, in one query."""
-    rank = Window(RowNumber(), partition_by=[F("schedule_id")], order_by=F("created_at").desc())
-    rows = (
-        Job.objects.filter(schedule_id__in=list(schedule_ids))
-        .annotate(rank=rank)
-        .filter(rank__lte=limit)
-        .order_by("schedule_id", "-created_at")
-        .values("schedule_id", "id", "status", "scheduled_for", "created_at")
-    )
+    """The last `limit` jobs of each schedule, newest first, in one query. One schedule (a firing's
+    live message) reads just its newest rows from job_schedule_created_idx; several (a page of
+    the list) rank each one's jobs in a window."""
+    columns = ("schedule_id", "id", "status", "scheduled_for", "created_at")
+    jobs = Job.objects.filter(schedule_id__in=list(schedule_ids))
+    if len(schedule_ids) == 1:
+        rows = jobs.order_by("-created_at").values(*columns)[:limit]
+    else:
+        rank = Window(RowNumber(), partition_by=[F("schedule_id")], order_by=F("created_at").desc())
+        rows = (
+            jobs.annotate(rank=rank)
+            .filter(rank__lte=limit)
+            .order_by("schedule_id", "-created_at")
+            .values(*columns)
+        )
     recent: dict[Any, list[dict[str, Any]]] = {schedule_id: [] for schedule_id in schedule_ids}
     for row in rows:
         recent.setdefault(row.pop("schedule_id"), []).append(row)

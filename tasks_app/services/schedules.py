@@ -232,17 +232,19 @@ def schedules_fire_due(*, limit: int = SCHEDULE_FIRE_BATCH) -> int:
     """Fire the schedules whose slot has come (at most `limit`, the most overdue first); returns
     the jobs created. Each schedule in its own transaction, so one that fails stops no other."""
     now = database_now()
+    # Read once for the round: another sweeper may fire one meanwhile, which the conditional
+    # UPDATE in _fire_slots finds out.
     due = list(
         Schedule.objects.filter(enabled=True, next_fire_at__lte=now)
-        .order_by("next_fire_at")
-        .values_list("pk", flat=True)[:limit]
+        .select_related("owner")
+        .order_by("next_fire_at")[:limit]
     )
     created = 0
-    for schedule_id in due:
+    for schedule in due:
         try:
-            created += _fire(schedule_id, now)
+            created += _fire(schedule, now)
         except Exception:  # one broken schedule must not stop the sweep
-            logger.exception("schedule %s could not be fired", schedule_id)
+            logger.exception("schedule %s could not be fired", schedule.pk)
     return created
 
 
@@ -268,9 +270,8 @@ def _slots_to_fire(schedule: Schedule, now: datetime) -> tuple[list[datetime], d
     return [latest], next_slot
 
 
-def _fire(schedule_id: Any, now: datetime) -> int:
-    schedule = Schedule.objects.select_related("owner").get(pk=schedule_id)
-    if not schedule.enabled or schedule.next_fire_at is None or schedule.next_fire_at > now:
+def _fire(schedule: Schedule, now: datetime) -> int:
+    if schedule.next_fire_at is None:
         return 0
     problem = _cannot_fire(schedule)
     if problem:
@@ -301,7 +302,12 @@ def _fire_slots(schedule: Schedule, slots: list[datetime], next_slot: datetime |
             return 0
         for slot in slots:
             created += _fire_slot(schedule, slot)
-        schedule.refresh_from_db()
+        # What the UPDATE wrote, without reading it back (last_skipped_at may have been set too).
+        schedule.next_fire_at, schedule.updated_at, schedule.version = next_slot, now, schedule.version + 1
+        if slots:
+            schedule.last_fired_at = slots[-1]
+        if schedule.overlap == ScheduleOverlap.SKIP and created < len(slots):
+            schedule.last_skipped_at = slots[-1]
         notify.schedule_changed_on_commit(schedule, "fired")
     return created
 
