@@ -208,17 +208,11 @@ def schedule_run_now(*, schedule_id: Any, actor: Any) -> Job:
     """A job of the schedule now, outside its slots (its `scheduled_for` stays null)."""
     schedule = Schedule.objects.select_related("owner").get(pk=schedule_id)
     try:
-        return submission.job_create(owner=schedule.owner, schedule=schedule, **_submission(schedule))
+        return submission.job_create(
+            owner=schedule.owner, schedule=schedule, **submission.submission_of(schedule)
+        )
     except JobValidationError as exc:
         raise JobStateError(f"The schedule's job is not valid any more: {_reasons(exc.errors)}") from None
-
-
-def _submission(schedule: Schedule) -> dict[str, Any]:
-    return {
-        "type": schedule.type,
-        "params": schedule.params,
-        **{key: getattr(schedule, key) for key in JOB_OPTIONS},
-    }
 
 
 def _reasons(errors: Errors) -> str:
@@ -340,7 +334,10 @@ def _fire_slot(schedule: Schedule, slot: datetime) -> int:
     try:
         with transaction.atomic():
             submission.job_create(
-                owner=schedule.owner, schedule=schedule, scheduled_for=slot, **_submission(schedule)
+                owner=schedule.owner,
+                schedule=schedule,
+                scheduled_for=slot,
+                **submission.submission_of(schedule),
             )
     except IntegrityError:
         return 0  # (schedule, scheduled_for) exists: this slot has fired

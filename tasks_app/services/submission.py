@@ -166,10 +166,10 @@ def _metadata_errors(metadata: Any) -> Errors:
     return errors
 
 
-def submission_of(job: Job) -> dict[str, Any]:
-    """What was submitted to create `job` (its type, params and options, not its run_at): the
-    arguments `job_create` takes to submit it again."""
-    return {field.name: getattr(job, field.name) for field in fields(JobSpec) if field.name != "run_at"}
+def submission_of(source: Job | Schedule) -> dict[str, Any]:
+    """The type, params and options (not run_at) of a job, or of the jobs a schedule makes: the
+    arguments `job_create` takes to submit it (again)."""
+    return {field.name: getattr(source, field.name) for field in fields(JobSpec) if field.name != "run_at"}
 
 
 def _new_job(spec: JobSpec, owner: User, **origin: Any) -> Job:
